@@ -1,0 +1,192 @@
+"""Multi-stage elastic blocks: inverted residual (MBConv) and ResNet basic block.
+
+Each block knows, from a :class:`BlockCfg` (active widths per slice), how to compute all slices at
+once (``forward`` with a plan), its analytic MACs per slice, and the static ops of one slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from enas4d.models import static as st
+from enas4d.nn.layers import ConvPlan, MSBatchNorm2d, MSConv2d, make_act
+
+
+@dataclass(frozen=True)
+class BlockCfg:
+    """Active shape of one block for one subnet; lists are per slice k."""
+
+    a: tuple[int, ...]  # input widths
+    h: tuple[int, ...]  # hidden widths (0 where the slice is inactive)
+    o: tuple[int, ...]  # output widths of computed slices (0 where inactive: it passes through)
+    r: tuple[int, ...]  # kernel sizes
+    hw_in: int  # input side in pixels
+
+    @property
+    def active(self) -> tuple[bool, ...]:
+        """Slices this block computes."""
+        return tuple(w > 0 for w in self.o)
+
+
+@dataclass
+class BlockPlan:
+    """Index/mask tensors of a block for the active subnet."""
+
+    convs: list[ConvPlan]  # in the block's conv order
+    shortcut: ConvPlan | None  # projection shortcut
+    res_idx: Tensor | None  # compact channels of x the residual adds to (None: all, or no residual)
+
+    def to(self, device: torch.device) -> "BlockPlan":
+        """The same plan on ``device``."""
+        return BlockPlan([c.to(device) for c in self.convs],
+                         None if self.shortcut is None else self.shortcut.to(device),
+                         None if self.res_idx is None else self.res_idx.to(device))
+
+
+def _residual_index(cfg: BlockCfg) -> Tensor | None:
+    """Compact input channels of the computed slices (None when every slice is computed)."""
+    if all(cfg.active):
+        return None
+    idx, start = [], 0
+    for a, on in zip(cfg.a, cfg.active):
+        if on:
+            idx.extend(range(start, start + a))
+        start += a
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def _out_hw(hw: int, stride: int) -> int:
+    """Output side of a 'same'-padded conv with an odd kernel."""
+    return (hw - 1) // stride + 1
+
+
+class MSBlock(nn.Module):
+    """Shared logic: a chain of (conv, bn, act), an optional shortcut, residual and final act."""
+
+    identity_residual: bool  # x + f(x) (in and out widths are the same gene)
+    project_shortcut: bool  # proj(x) + f(x)
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        self.sc_conv: MSConv2d | None = None
+        self.sc_bn: MSBatchNorm2d | None = None
+        self.out_act: nn.Module = nn.Identity()
+
+    # Per conv: (in widths, out widths, kernels) for a cfg. Subclasses define the chain.
+    def _conv_shapes(self, cfg: BlockCfg) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        raise NotImplementedError
+
+    def plan(self, cfg: BlockCfg) -> BlockPlan:
+        """Plans of every conv for this cfg."""
+        convs = [conv.plan(i, o, r) for conv, (i, o, r) in zip(self.convs, self._conv_shapes(cfg))]
+        sc = None
+        if self.sc_conv is not None:
+            sc = self.sc_conv.plan(cfg.a, cfg.o, (1,) * len(cfg.o))
+        res = _residual_index(cfg) if self.identity_residual else None
+        return BlockPlan(convs, sc, res)
+
+    def forward(self, x: Tensor, p: BlockPlan) -> Tensor:
+        """x (N, sum a, H, W) -> (N, sum a', H', W'); inactive slices pass through."""
+        y = x
+        for conv, bn, act, cp in zip(self.convs, self.bns, self.acts, p.convs):
+            y = act(bn(conv(y, cp), cp.out_idx))
+        if self.sc_conv is not None:
+            y = y + self.sc_bn(self.sc_conv(x, p.shortcut), p.shortcut.out_idx)
+        elif self.identity_residual:
+            y = x + y if p.res_idx is None else x.index_add(1, p.res_idx, y)
+        return self.out_act(y)
+
+    def macs(self, cfg: BlockCfg) -> list[int]:
+        """Analytic MACs per image of every slice of this block."""
+        K = len(cfg.o)
+        out = [0] * K
+        hw = cfg.hw_in
+        for conv, (i, o, r) in zip(self.convs, self._conv_shapes(cfg)):
+            hw = _out_hw(hw, conv.stride)
+            for k in range(K):
+                out[k] += conv.macs(k, i, o, r[k], hw)
+        if self.sc_conv is not None:
+            hw_sc = _out_hw(cfg.hw_in, self.sc_conv.stride)
+            for k in range(K):
+                out[k] += self.sc_conv.macs(k, cfg.a, cfg.o, 1, hw_sc)
+        return out
+
+    def out_hw(self, hw_in: int) -> int:
+        """Output side for input side ``hw_in``."""
+        return _out_hw(hw_in, self.stride)
+
+    def stage_layers(self, cfg: BlockCfg, k: int) -> list[st.ConvBNAct]:
+        """Static conv-BN-act layers of slice k, in chain order."""
+        layers = []
+        for conv, bn, act, (i, o, r) in zip(self.convs, self.bns, self.acts, self._conv_shapes(cfg)):
+            layers.append(st.ConvBNAct(conv.stage_conv(k, i, o, r[k]), bn.stage_bn(k, o), type(act)()))
+        return layers
+
+    def stage_ops(self, cfg: BlockCfg, k: int, in_pos: int, hid_pos: int,
+                  prev_hid: int, prev_out: int) -> tuple[nn.Module | None, nn.Module]:
+        """Static ops of slice k: (op for the hidden tap or None if inactive, op for the out tap).
+
+        ``in_pos``/``hid_pos``: positions of this block's input and hidden taps in stage k's list;
+        ``prev_hid``/``prev_out``: positions of those taps in the earlier stages' list (-1: none).
+        """
+        if not cfg.active[k]:
+            return None, st.PassOp(in_pos, prev_out, cfg.a[k])
+        layers = self.stage_layers(cfg, k)
+        hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid)
+        shortcut: nn.Module = nn.Identity()
+        res_pos, res_width = -1, 0
+        if self.sc_conv is not None:
+            conv = self.sc_conv.stage_conv(k, cfg.a, cfg.o, 1)
+            shortcut = st.ConvBNAct(conv, self.sc_bn.stage_bn(k, cfg.o), nn.Identity())
+            res_pos = in_pos
+        elif self.identity_residual:
+            res_pos, res_width = in_pos, cfg.a[k]
+        out = st.ResidualOp(layers[-1], hid_pos, prev_out, res_pos, res_width, shortcut,
+                            type(self.out_act)())
+        return hid, out
+
+
+class MBBlock(MSBlock):
+    """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (+ identity)."""
+
+    def __init__(self, in_chs: tuple[int, ...], out_chs: tuple[int, ...], max_expand: int,
+                 max_kernel: int, stride: int, act: str, residual: bool):
+        super().__init__(stride)
+        hid = tuple(max_expand * a for a in in_chs)
+        self.convs.extend([MSConv2d(in_chs, hid, 1), MSConv2d(hid, hid, max_kernel, stride, depthwise=True),
+                           MSConv2d(hid, out_chs, 1)])
+        self.bns.extend([MSBatchNorm2d(hid), MSBatchNorm2d(hid), MSBatchNorm2d(out_chs)])
+        self.acts.extend([make_act(act), make_act(act), nn.Identity()])
+        self.identity_residual, self.project_shortcut = residual, False
+
+    def _conv_shapes(self, cfg):
+        K = len(cfg.o)
+        ones = (1,) * K
+        return [(cfg.a, cfg.h, ones), (cfg.h, cfg.h, cfg.r), (cfg.h, cfg.o, ones)]
+
+
+class BasicBlock(MSBlock):
+    """ResNet basic block: kxk conv -> kxk conv, + identity or 1x1 projection, then ReLU."""
+
+    def __init__(self, in_chs: tuple[int, ...], out_chs: tuple[int, ...], max_kernel: int, stride: int,
+                 act: str, residual: bool):
+        super().__init__(stride)
+        self.convs.extend([MSConv2d(in_chs, out_chs, max_kernel, stride), MSConv2d(out_chs, out_chs, max_kernel)])
+        self.bns.extend([MSBatchNorm2d(out_chs), MSBatchNorm2d(out_chs)])
+        self.acts.extend([make_act(act), nn.Identity()])
+        self.out_act = make_act(act)
+        self.identity_residual = residual
+        self.project_shortcut = not residual
+        if not residual:
+            self.sc_conv = MSConv2d(in_chs, out_chs, 1, stride)
+            self.sc_bn = MSBatchNorm2d(out_chs)
+
+    def _conv_shapes(self, cfg):
+        return [(cfg.a, cfg.h, cfg.r), (cfg.h, cfg.o, cfg.r)]

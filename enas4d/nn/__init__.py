@@ -1,0 +1,1 @@
+"""Elastic multi-stage layers and BatchNorm re-estimation."""
