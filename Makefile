@@ -9,6 +9,10 @@ STAMP := $(VENV)/.install-stamp
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k digits -x"`.
 PYTEST_ARGS ?=
+# Parallel test workers (pytest-xdist); `make test XDIST=` runs in one process.
+# One torch thread per worker: 2 workers x 1 thread fills 2 cores without oversubscription.
+XDIST ?= -n 2
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all demo bench clean distclean
@@ -30,10 +34,10 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 install: $(STAMP) ## Create .venv with pinned torch and install enas4d[dev] (editable)
 
 test: install ## Run the fast test suite (slow tests deselected)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-all: install ## Run every test, slow ones included
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or not slow" $(PYTEST_ARGS)
 
 # TODO(train/search/export owners): once the pipeline lands, extend the recipe below with the
 # search and export steps (reading outputs/demo/train) so `make demo` runs end to end.

@@ -1,0 +1,5 @@
+"""Small shared helpers (seeding, ...)."""
+
+from enas4d.utils.seed import derive_seed, make_generator
+
+__all__ = ["derive_seed", "make_generator"]
