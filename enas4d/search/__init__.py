@@ -1,0 +1,17 @@
+"""Search: the subnet and exit thresholds of best validation accuracy for a MAC budget.
+
+- :mod:`~enas4d.search.calibrate`: exact threshold calibration from one cached validation pass.
+- :mod:`~enas4d.search.evaluator`: one-pass candidate evaluation and its JSON-lines cache.
+- :mod:`~enas4d.search.evolution`: evolution and random search over architectures.
+- :mod:`~enas4d.search.predictor`: optional MLP accuracy predictor (pre-screening, Kendall tau).
+- :mod:`~enas4d.search.cli`: the ``enas4d-search`` Hydra app (:func:`~enas4d.search.cli.search`).
+"""
+
+from enas4d.search.budget import Budget, BudgetError, parse_budget
+# ``calibrate`` (the function) is not re-exported here: it would shadow the submodule of that name.
+from enas4d.search.calibrate import ExitTable, Policy, confidence, simulate, tradeoff
+from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError
+from enas4d.search.evolution import EvolutionConfig, run_search
+
+__all__ = ["Budget", "BudgetError", "parse_budget", "ExitTable", "Policy", "confidence", "simulate",
+           "tradeoff", "CandidateEvaluator", "EvalCache", "SearchError", "EvolutionConfig", "run_search"]

@@ -1,0 +1,443 @@
+"""``enas4d-search``: find the subnet and exit thresholds of best validation accuracy for a MAC budget.
+
+    enas4d-search ckpt=outputs/demo/train/checkpoints/last.ckpt budget=0.5x
+
+Everything is rebuilt from the checkpoint (supernet, weights, search space, and the datamodule
+with the training run's split and normalisation), so the search runs on the validation split
+the training held out and on nothing else. :func:`search` is the importable function; :func:`main`
+is the thin Hydra entry point. Settings: conf/search.yaml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from enas4d.checkpoint import CheckpointError, CheckpointMeta, load_supernet
+from enas4d.models import MultiStageSupernet
+from enas4d.search.budget import BudgetError, format_macs, parse_budget
+from enas4d.search.calibrate import CONFIDENCES, Policy, calibrate, exit_costs, min_cost, pareto_indices, tradeoff
+from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
+from enas4d.search.evolution import EvolutionConfig, Scored, run_search
+from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
+from enas4d.search.report import plot_pareto, print_summary, write_json, write_pareto_csv
+from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
+from enas4d.training.calibration import CalibrationSet
+
+__all__ = ["CONF_DIR", "SPLIT_KEYS", "DynamicProblem", "StaticProblem", "build_datamodule", "search", "main"]
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
+
+# Data settings that decide which images are validation images: the search must not change them.
+SPLIT_KEYS = frozenset({"seed", "val_fraction", "val_size", "use_val_folder", "variant"})
+
+
+class DynamicProblem:
+    """Early-exit subnets: fitness = accuracy of the best threshold policy within the budget."""
+
+    def __init__(self, net: MultiStageSupernet, evaluator: CandidateEvaluator, budget: float, grid: int | None):
+        self.net, self.evaluator, self.budget, self.grid = net, evaluator, budget, grid
+        self.elastic = net.space.elastic_exits
+        self.policies: dict[str, Policy] = {}
+
+    def feasible(self, arch: Subnet) -> bool:
+        """Some policy fits: every image leaving at the first exit is within budget."""
+        return min_cost(*self.net.stage_macs(arch.with_all_exits())) <= self.budget
+
+    def policy(self, arch: Subnet) -> Policy:
+        """The calibrated policy of ``arch`` (from its cached validation pass)."""
+        key = CandidateEvaluator.key(arch)
+        if key not in self.policies:
+            body, heads = self.net.stage_macs(arch.with_all_exits())
+            pol = calibrate(self.evaluator.table(arch), body, heads, self.budget, self.elastic, self.grid)
+            if pol is None:
+                raise SearchError(f"search: no policy of {key} fits the budget although it was deemed feasible")
+            self.policies[key] = pol
+        return self.policies[key]
+
+    def score(self, arch: Subnet) -> tuple[float, float]:
+        """(accuracy, expected MACs) of the calibrated policy."""
+        pol = self.policy(arch)
+        return pol.accuracy, pol.expected_macs
+
+
+class StaticProblem:
+    """Single-exit subnets (only the last exit): fitness = its accuracy, cost = its MACs."""
+
+    def __init__(self, net: MultiStageSupernet, evaluator: CandidateEvaluator, budget: float):
+        self.net, self.evaluator, self.budget = net, evaluator, budget
+
+    def cost(self, arch: Subnet) -> int:
+        """MACs per image of ``arch`` with only its last exit."""
+        body, heads = self.net.stage_macs(arch.with_all_exits())
+        return exit_costs(body, heads, (False,) * (len(body) - 1) + (True,))[-1]
+
+    def feasible(self, arch: Subnet) -> bool:
+        """Its full cost is within budget."""
+        return self.cost(arch) <= self.budget
+
+    def score(self, arch: Subnet) -> tuple[float, float]:
+        """(last-exit accuracy, MACs)."""
+        return float(self.evaluator.table(arch).correct[-1].mean()), float(self.cost(arch))
+
+
+def static_subnet(arch: Subnet) -> Subnet:
+    """``arch`` with only its last exit enabled."""
+    return _apply_exits(arch, (False,) * (arch.num_stages - 1) + (True,))
+
+
+def build_datamodule(meta: CheckpointMeta, overrides: dict[str, Any]) -> Any:
+    """The training run's datamodule, rebuilt from the checkpoint meta (set up, data loaded).
+
+    ``overrides`` may change where the data live or how it is loaded, never which images are
+    validation images (:data:`SPLIT_KEYS`).
+    """
+    from enas4d.data import create_datamodule  # Lightning import only when data are needed
+
+    cfg = dict(meta.data["cfg"])
+    cfg.pop("_target_", None)
+    for key, value in overrides.items():
+        if key in SPLIT_KEYS and cfg.get(key) != value:
+            raise SearchError(f"data_overrides.{key}: changes which images are validation images; the search "
+                              f"must use the validation split the training used ({key}={cfg.get(key)!r})")
+        if key in ("mean", "std"):
+            raise SearchError(f"data_overrides.{key}: normalisation comes from the checkpoint")
+    cfg.update(overrides)
+    cfg["mean"], cfg["std"] = list(meta.data["mean"]), list(meta.data["std"])
+    name = meta.data["name"]
+    try:
+        dm = create_datamodule(name, **cfg)
+        dm.setup("validate")
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SearchError(f"data: cannot rebuild {name!r} from the checkpoint's data config: {msg}") from e
+    return dm
+
+
+def _evolution_config(cfg: DictConfig, evaluations: int, stream: int = 0) -> EvolutionConfig:
+    """Algorithm settings from the config (ValueError names the bad field)."""
+    return EvolutionConfig(algorithm=str(cfg.algorithm), evaluations=evaluations, population=int(cfg.population),
+                           parents=float(cfg.parents), mutation_prob=float(cfg.mutation_prob),
+                           crossover_prob=float(cfg.crossover_prob), seed=int(cfg.seed),
+                           max_tries=int(cfg.max_tries), stream=stream)
+
+
+def _check_config(cfg: DictConfig) -> None:
+    """Fail at once, with the field's name, on settings that would fail later."""
+    if cfg.confidence not in CONFIDENCES:
+        raise SearchError(f"confidence: {cfg.confidence!r} not allowed; allowed values: {list(CONFIDENCES)}")
+    for name in ("evaluations", "bn.images", "bn.batch_size", "eval_batch_size", "front_levels"):
+        if int(OmegaConf.select(cfg, name)) < 1:
+            raise SearchError(f"{name}: must be >= 1, got {OmegaConf.select(cfg, name)}")
+    if int(cfg.static_evaluations) < 0:
+        raise SearchError(f"static_evaluations: must be >= 0, got {cfg.static_evaluations}")
+    if cfg.calibration_grid is not None and int(cfg.calibration_grid) < 2:
+        raise SearchError(f"calibration_grid: must be >= 2 or null, got {cfg.calibration_grid}")
+    if cfg.predictor.enabled and (int(cfg.predictor.screen_factor) < 1 or int(cfg.predictor.min_train) < 2):
+        raise SearchError("predictor: screen_factor must be >= 1 and min_train >= 2")
+    if not 0 <= float(cfg.predictor.holdout) < 1:
+        raise SearchError(f"predictor.holdout: must be in [0, 1), got {cfg.predictor.holdout}")
+    try:
+        _evolution_config(cfg, int(cfg.evaluations))
+    except ValueError as e:
+        raise SearchError(str(e)) from e
+
+
+@dataclass
+class _Progress:
+    """A rich progress bar per search phase, showing candidates evaluated and the best so far."""
+
+    progress: Progress | None
+    task: Any = None
+
+    def start(self, label: str, total: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task(label, total=total, best="-")
+
+    def update(self, best: Scored) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1,
+                                 best=f"{100 * best.fitness:.2f}% @ {format_macs(best.cost)} MACs")
+
+
+def _best(scored: list[Scored]) -> Scored:
+    """Highest fitness, then cheapest, then earliest."""
+    return min(scored, key=lambda s: (-s.fitness, s.cost, s.step))
+
+
+def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Run the search described by ``cfg`` (conf/search.yaml); write outputs to ``out_dir``.
+
+    Returns the ``result.json`` dict. Bad input raises SearchError, BudgetError or
+    CheckpointError (one-line messages) before anything is written.
+    """
+    old_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        if int(cfg.threads) < 1:
+            raise SearchError(f"threads: must be >= 1 or null, got {cfg.threads}")
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _search(cfg, Path(out_dir), console or Console())
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+@dataclass
+class _Setup:
+    """Everything a search run builds before it searches."""
+
+    net: MultiStageSupernet
+    meta: CheckpointMeta
+    budget: float  # MACs per image
+    largest_macs: int  # largest subnet, all exits computed, every image to the last
+    smallest_macs: int  # smallest subnet, every image leaving at the first exit
+    evaluator: CandidateEvaluator
+    cache_path: Path
+
+
+def _prepare(cfg: DictConfig, console: Console) -> _Setup:
+    """Check the budget, rebuild supernet and data from the checkpoint, open the cache."""
+    budget_spec = parse_budget(cfg.budget)
+    _check_config(cfg)
+    net, meta = load_supernet(cfg.ckpt)
+    space = net.space
+    largest_macs = net.macs(space.largest())[-1]
+    smallest_macs = min_cost(*net.stage_macs(space.smallest()))
+    budget = budget_spec.resolve(largest_macs)
+    if budget < smallest_macs:
+        raise BudgetError(f"budget: {format_macs(budget)} MACs/image is below the smallest achievable "
+                          f"{smallest_macs} ({format_macs(smallest_macs)}: the smallest subnet, every image "
+                          f"leaving at exit 1); use budget >= {smallest_macs}")
+    overrides = dict(OmegaConf.to_container(cfg.data_overrides, resolve=True) or {})
+    dm = build_datamodule(meta, overrides)
+    val_batches = list(_rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
+    if not val_batches:
+        raise SearchError("data: the validation split is empty; the search needs validation images")
+    calib = CalibrationSet(dm.calibration_dataloader(num_images=int(cfg.bn.images),
+                                                     batch_size=int(cfg.bn.batch_size)))
+    labels = np.concatenate([y.numpy() for _, y in val_batches]).astype(np.int64)
+    # What the cached numbers depend on (loading-only settings and the data's location excluded).
+    data_cfg = {k: v for k, v in sorted({**meta.data["cfg"], **overrides}.items())
+                if k not in ("num_workers", "pin_memory", "batch_size", "eval_batch_size", "path")}
+    fingerprint = {"checkpoint_sha256": file_digest(cfg.ckpt),
+                   "data": {"name": meta.data["name"], "cfg": data_cfg},
+                   "bn_images": calib.num_images, "bn_batch_size": int(cfg.bn.batch_size),
+                   "confidence": str(cfg.confidence), "num_val_images": int(len(labels)),
+                   "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+    cache_path = Path(str(cfg.cache_dir)) / f"{Path(cfg.ckpt).stem}-{fingerprint_name(fingerprint)}.jsonl"
+    cache = EvalCache(cache_path, fingerprint, labels)
+    console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget {format_macs(budget)} "
+                  f"MACs/image (largest subnet {format_macs(largest_macs)}, smallest {format_macs(smallest_macs)}); "
+                  f"{len(labels)} validation images; cache {cache_path} ({len(cache)} architectures)")
+    evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
+    return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path)
+
+
+def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticProblem,
+                  console: Console) -> tuple[list[Scored], list[Scored]]:
+    """The dynamic search, then the static one (or only the largest subnet if the budget allows all)."""
+    space = st.net.space
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console,
+                    disable=not cfg.progress)
+    bar = _Progress(prog)
+    with prog:
+        if st.budget >= st.largest_macs:
+            console.print(f"search: budget {format_macs(st.budget)} is at or above the largest subnet's cost "
+                          f"{format_macs(st.largest_macs)}; every subnet fits, returning the largest subnet")
+            bar.start("largest", 1)
+            largest = space.largest()
+            s = Scored(largest, *dyn.score(largest), step=0)
+            bar.update(s)
+            return [s], [Scored(largest, *sta.score(largest), step=0)]
+        rank = _make_rank(space, dyn, st.evaluator, cfg.predictor, int(cfg.seed)) if cfg.predictor.enabled else None
+        dynamic = _tracked_search(space, dyn, _evolution_config(cfg, int(cfg.evaluations)), "dynamic", bar,
+                                  console, rank, int(cfg.predictor.screen_factor))
+        static: list[Scored] = []
+        if int(cfg.static_evaluations) > 0:
+            if not sta.feasible(space.smallest()):
+                console.print(f"search: no static (single-exit) subnet fits {format_macs(st.budget)}; the "
+                              f"smallest costs {format_macs(sta.cost(space.smallest()))}")
+            else:
+                # Its own random stream: it explores independently (shared evaluations come free).
+                scfg = _evolution_config(cfg, int(cfg.static_evaluations), stream=1)
+                static = _tracked_search(space, sta, scfg, "static", bar, console, None, 1)
+    return dynamic, static
+
+
+def _tracked_search(space: SearchSpace, problem: DynamicProblem | StaticProblem, ecfg: EvolutionConfig, label: str,
+                    bar: _Progress, console: Console, rank: Any, screen_factor: int) -> list[Scored]:
+    """:func:`run_search` with a progress bar showing the best so far."""
+    bar.start(f"{label} ({ecfg.algorithm})", ecfg.evaluations)
+    best: list[Scored] = []
+
+    def on_scored(s: Scored) -> None:
+        best[:] = [_best(best + [s])]
+        bar.update(best[0])
+
+    return run_search(space, problem, ecfg, on_scored=on_scored, rank=rank, screen_factor=screen_factor,
+                      log=console.print)
+
+
+def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
+            static_pts: list[tuple[Subnet, float, float]]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Pareto rows (for pareto.csv) and the dynamic and static fronts (for the plot).
+
+    Dynamic: every architecture's policy trade-off curve plus its exact policy at the budget.
+    Static: every architecture with only its last exit.
+    """
+    dyn_rows: list[tuple[float, float, Subnet]] = []
+    for a, pol in dyn_all:
+        body, heads = st.net.stage_macs(a)
+        curve, curve_exits = tradeoff(st.evaluator.table(a), body, heads, st.net.space.elastic_exits,
+                                      int(cfg.front_levels))
+        dyn_rows += [(float(m), float(acc), _apply_exits(a, e)) for (m, acc), e in zip(curve, curve_exits)]
+        dyn_rows.append((pol.expected_macs, pol.accuracy, _apply_exits(a, pol.exits)))
+    sta_rows = [(macs, acc, static_subnet(a)) for a, acc, macs in static_pts]
+    rows, fronts = [], []
+    for kind, pts in (("dynamic", dyn_rows), ("static", sta_rows)):
+        idx = pareto_indices(np.array([[m, acc] for m, acc, _ in pts]).reshape(-1, 2))
+        rows += [{"kind": kind, "expected_macs": pts[i][0], "val_accuracy": pts[i][1], "subnet": pts[i][2].to_json()}
+                 for i in idx]
+        fronts.append(np.array([pts[i][:2] for i in idx]).reshape(-1, 2))
+    return rows, fronts[0], fronts[1]
+
+
+def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
+    """:func:`search` with the thread count already set."""
+    start = time.perf_counter()
+    st = _prepare(cfg, console)
+    net, space, budget, evaluator = st.net, st.net.space, st.budget, st.evaluator
+    grid = None if cfg.calibration_grid is None else int(cfg.calibration_grid)
+    dyn = DynamicProblem(net, evaluator, budget, grid)
+    sta = StaticProblem(net, evaluator, budget)
+    dynamic_scored, static_scored = _run_searches(cfg, st, dyn, sta, console)
+
+    # Every architecture scored in this run counts for both kinds (its pass gives both numbers).
+    archs = list({CandidateEvaluator.key(s.arch): s.arch for s in dynamic_scored + static_scored}.values())
+    dyn_all = [(a, dyn.policy(a)) for a in archs if dyn.feasible(a)]
+    best_arch, policy = min(dyn_all, key=lambda ap: (-ap[1].correct, ap[1].total_macs))
+    static_pts = [(a, *sta.score(a)) for a in archs]
+    static_fit = [p for p in static_pts if p[2] <= budget]
+    static_best = None
+    if static_fit:
+        a, acc, macs = min(static_fit, key=lambda p: (-p[1], p[2]))
+        static_best = {"subnet": space.to_dict(static_subnet(a)), "val_accuracy": acc, "macs": int(macs)}
+    front_rows, dyn_front, sta_front = _fronts(cfg, st, dyn_all, static_pts)
+
+    report = None
+    if float(cfg.predictor.holdout) > 0:
+        pc = cfg.predictor
+        rep = holdout_kendall_tau(space, [a for a, _ in dyn_all], [p.accuracy for _, p in dyn_all],
+                                  float(pc.holdout), int(cfg.seed), int(pc.hidden), int(pc.epochs), float(pc.lr))
+        if rep is not None:
+            report = {"kendall_tau": rep.kendall_tau, "n_train": rep.n_train, "n_test": rep.n_test,
+                      "used_for_screening": bool(pc.enabled)}
+
+    enabled = [k for k, on in enumerate(policy.exits) if on]
+    result = {
+        "subnet": space.to_dict(_apply_exits(best_arch, policy.exits)),
+        "thresholds": [policy.thresholds[k] for k in enabled],  # one per enabled exit, the last 0.0
+        "exit_stages": enabled,  # 0-based stage of each enabled exit
+        "confidence": str(cfg.confidence),
+        "val_accuracy": policy.accuracy,
+        "expected_macs": policy.expected_macs,
+        "budget": budget,
+        "exit_rates": [policy.exit_rates[k] for k in enabled],
+        "exit_macs": [policy.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
+        "checkpoint": str(Path(cfg.ckpt).resolve()),
+        "static_best": static_best,
+        "num_val_images": evaluator.labels.size,
+        "largest_macs": int(st.largest_macs),
+        "smallest_macs": int(st.smallest_macs),
+        "calibration": {"exact": policy.gap_bound == 0.0, "gap_bound": policy.gap_bound},
+        # BatchNorm re-estimation the scores depend on; export repeats it to get the same network.
+        "bn": {"images": int(cfg.bn.images), "batch_size": int(cfg.bn.batch_size)},
+        "search": {"algorithm": str(cfg.algorithm), "evaluations": len(dynamic_scored),
+                   "static_evaluations": len(static_scored), "distinct_architectures": len(archs),
+                   "seed": int(cfg.seed), "budget_above_largest": budget >= st.largest_macs,
+                   "network_evaluations": evaluator.misses, "cache_hits": evaluator.hits,
+                   "cache": str(st.cache_path), "network_seconds": round(evaluator.network_seconds, 2),
+                   "seconds": round(time.perf_counter() - start, 2)},
+        "predictor": report,
+    }
+    write_pareto_csv(out_dir / "pareto.csv", front_rows)
+    plot_pareto(out_dir / "pareto.png", dyn_front, sta_front,
+                np.array([[p.expected_macs, p.accuracy] for _, p in dyn_all]), budget,
+                (policy.expected_macs, policy.accuracy),
+                None if static_best is None else (static_best["macs"], static_best["val_accuracy"]),
+                f"{net.name}, {st.meta.data['name']}: {len(archs)} architectures")
+    write_json(out_dir / "result.json", result)  # last: its presence means the run completed
+    print_summary(result, front_rows, console)
+    console.print(f"search: wrote {out_dir / 'result.json'}, pareto.csv, pareto.png in "
+                  f"{result['search']['seconds']:.0f}s ({evaluator.misses} network evaluations, "
+                  f"{evaluator.hits} from cache)")
+    return result
+
+
+def _rebatch(loader: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate ``loader`` re-batched to ``batch_size`` images (validation order kept)."""
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        n += len(y)
+        while n >= batch_size:
+            X, Y = torch.cat(xs), torch.cat(ys)
+            yield X[:batch_size], Y[:batch_size]
+            xs, ys, n = [X[batch_size:]], [Y[batch_size:]], n - batch_size
+    if n:
+        yield torch.cat(xs), torch.cat(ys)
+
+
+def _apply_exits(arch: Subnet, exits: tuple[bool, ...]) -> Subnet:
+    """``arch`` with the policy's exit set."""
+    return Subnet(arch.resolution, arch.width, arch.kernel, arch.depth, arch.expand, tuple(exits))
+
+
+def _make_rank(space: SearchSpace, dyn: DynamicProblem, evaluator: CandidateEvaluator, pcfg: DictConfig,
+               seed: int):
+    """Predictor-based ranking of children: fitted on every cached architecture (scored at this budget)."""
+
+    def rank(archs: list[Subnet]) -> np.ndarray:
+        train = []
+        for key in evaluator.cached_keys():
+            a = space.from_dict(json.loads(key))
+            if dyn.feasible(a):
+                train.append((a, dyn.score(a)[0]))
+        if len(train) < int(pcfg.min_train):
+            return np.zeros(len(archs))  # too little data: keep the proposal order
+        model = AccuracyPredictor(space, int(pcfg.hidden), int(pcfg.epochs), float(pcfg.lr), seed)
+        model.fit([a for a, _ in train], [f for _, f in train])
+        return model.predict(archs)
+
+    return rank
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")
+def main(cfg: DictConfig) -> float | None:
+    """Command-line entry point; returns the chosen subnet's validation accuracy (for sweepers)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        result = search(cfg, HydraConfig.get().runtime.output_dir)
+    except (SearchError, BudgetError, CheckpointError, InvalidSubnetError) as e:
+        print(f"enas4d-search: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return float(result["val_accuracy"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The outer search over architectures: evolution, and random search as its baseline.
+
+Both spend exactly ``evaluations`` distinct architectures (unless the feasible space runs out,
+which stops them with a message rather than looping). Every candidate is made feasible before it
+is scored: a child whose cheapest policy is over budget is *repaired* by setting its genes, in a
+random order, to their smallest choice until it fits; the smallest subnet is checked to fit before
+any search starts, so repair always ends. Exit genes are not searched here: each architecture is
+scored with all exits available and the threshold calibration picks the exit subset.
+
+Randomness comes from ``make_generator(seed, stream, purpose, step)`` only, so a search restarted with
+the same seed proposes the same candidates and finds them in the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from enas4d.space import SearchSpace, Subnet
+from enas4d.utils.seed import make_generator
+
+__all__ = ["ALGORITHMS", "EvolutionConfig", "Scored", "Problem", "repair", "run_search"]
+
+ALGORITHMS = ("evolution", "random")
+_INIT_KEY, _CHILD_KEY, _RANDOM_KEY, _REPAIR_KEY = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Settings of the outer search (see conf/search.yaml for the meaning of each)."""
+
+    algorithm: str = "evolution"  # "evolution" or "random" (same number of evaluations)
+    evaluations: int = 40  # distinct architectures scored
+    population: int = 12  # architectures kept between generations
+    parents: float = 0.25  # fraction of the population that breeds
+    mutation_prob: float = 0.1  # per-gene resampling probability
+    crossover_prob: float = 0.5  # fraction of children made by crossover (then mutated)
+    seed: int = 0  # seeds every random choice of the search
+    max_tries: int = 200  # proposals per new child before the space counts as exhausted
+    stream: int = 0  # separates the random streams of searches sharing a seed (dynamic 0, static 1)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: {self.algorithm!r} not allowed; allowed values: {list(ALGORITHMS)}")
+        if self.evaluations < 1:
+            raise ValueError(f"evaluations: must be >= 1, got {self.evaluations}")
+        if self.population < 2:
+            raise ValueError(f"population: must be >= 2, got {self.population}")
+        if not 0 < self.parents <= 1:
+            raise ValueError(f"parents: must be in (0, 1], got {self.parents}")
+        for name in ("mutation_prob", "crossover_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.max_tries < 1:
+            raise ValueError(f"max_tries: must be >= 1, got {self.max_tries}")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An architecture and its fitness (higher is better) under a problem."""
+
+    arch: Subnet  # with every exit enabled
+    fitness: float  # validation accuracy under the problem's constraint
+    cost: float  # its expected MACs per image under the problem
+    step: int  # 0-based index of its evaluation in this search
+
+
+class Problem(Protocol):
+    """What the search optimises: a feasibility test and a scoring function."""
+
+    def feasible(self, arch: Subnet) -> bool:
+        """Can ``arch`` meet the constraint at all?"""
+
+    def score(self, arch: Subnet) -> tuple[float, float]:
+        """(fitness, expected MACs) of a feasible ``arch``."""
+
+
+def _set_gene(s: Subnet, field: str, k: int, g: int, value: object) -> Subnet:
+    """``s`` with one gene changed (public fields only)."""
+    if field == "resolution":
+        return dataclasses.replace(s, resolution=int(value))
+    if field == "exits":
+        ex = list(s.exits)
+        ex[k] = bool(value)
+        return dataclasses.replace(s, exits=tuple(ex))
+    grid = [list(row) for row in getattr(s, field)]
+    grid[k][g] = int(value)
+    return dataclasses.replace(s, **{field: tuple(tuple(row) for row in grid)})
+
+
+def repair(space: SearchSpace, arch: Subnet, feasible: Callable[[Subnet], bool],
+           generator: torch.Generator) -> Subnet | None:
+    """Shrink ``arch`` gene by gene (random order, each to its smallest choice) until feasible.
+
+    Returns None only if even the smallest architecture is infeasible.
+    """
+    if feasible(arch):
+        return arch
+    genes = [g for g in space.genes if g.field != "exits"]
+    for i in torch.randperm(len(genes), generator=generator).tolist():
+        gene = genes[i]
+        arch = _set_gene(arch, gene.field, gene.k, gene.g, gene.choices[0])
+        if feasible(arch):
+            return arch
+    return None
+
+
+def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
+               on_scored: Callable[[Scored], None] | None = None,
+               rank: Callable[[list[Subnet]], np.ndarray] | None = None,
+               screen_factor: int = 1, log: Callable[[str], None] = print) -> list[Scored]:
+    """Run ``cfg.algorithm`` on ``problem``; every scored architecture, in evaluation order.
+
+    Args:
+        space: the search space.
+        problem: feasibility and fitness.
+        cfg: algorithm settings.
+        on_scored: called after each evaluation (progress bars, logging).
+        rank: optional predictor, higher is better; with ``screen_factor > 1`` evolution proposes
+            that many children per slot and keeps the best-ranked ones (real scores decide the rest).
+        screen_factor: children proposed per child evaluated when ``rank`` is given.
+        log: where messages (e.g. "space exhausted") go.
+    """
+    seen: dict[str, Scored] = {}
+    order: list[Scored] = []
+
+    def evaluate(arch: Subnet) -> Scored:
+        arch = arch.with_all_exits()
+        key = arch.to_json()
+        if key not in seen:
+            fitness, cost = problem.score(arch)
+            sc = Scored(arch, fitness, cost, len(order))
+            seen[key] = sc
+            order.append(sc)
+            if on_scored is not None:
+                on_scored(sc)
+        return seen[key]
+
+    def fresh(propose: Callable[[torch.Generator], Subnet], *keys: int) -> Subnet | None:
+        """A feasible, not yet scored architecture, or None after max_tries proposals."""
+        for attempt in range(cfg.max_tries):
+            gen = make_generator(cfg.seed, cfg.stream, *keys, len(order), attempt)
+            fix = make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, *keys, len(order), attempt)
+            arch = repair(space, propose(gen), problem.feasible, fix)
+            if arch is not None and arch.with_all_exits().to_json() not in seen:
+                return arch.with_all_exits()
+        return None
+
+    target = cfg.evaluations
+    if cfg.algorithm == "random":
+        while len(order) < target:
+            arch = fresh(space.sample, _RANDOM_KEY)
+            if arch is None:
+                log(f"search: no new feasible architecture in {cfg.max_tries} samples; "
+                    f"stopping after {len(order)} evaluations")
+                break
+            evaluate(arch)
+        return order
+
+    # Evolution: (mu + lambda) with elitism; the population is the best `population` scored so far.
+    while len(order) < min(cfg.population, target):
+        arch = fresh(space.sample, _INIT_KEY)
+        if arch is None:
+            log(f"search: the feasible space has only {len(order)} architectures; stopping")
+            return order
+        evaluate(arch)
+    n_parents = max(1, round(cfg.parents * cfg.population))
+    n_children = max(1, cfg.population - n_parents)
+    generation = 0
+    while len(order) < target:
+        generation += 1
+        population = sorted(seen.values(), key=lambda s: (-s.fitness, s.cost, s.step))[:cfg.population]
+        parents = [s.arch for s in population[:n_parents]]
+        want = min(n_children, target - len(order))
+        pool: list[Subnet] = []
+        pool_keys: set[str] = set()
+        for j in range(want * (screen_factor if rank is not None else 1)):
+            def propose(gen: torch.Generator) -> Subnet:
+                a = parents[int(torch.randint(len(parents), (1,), generator=gen))]
+                if len(parents) > 1 and float(torch.rand((), generator=gen)) < cfg.crossover_prob:
+                    b = parents[int(torch.randint(len(parents), (1,), generator=gen))]
+                    a = space.crossover(a, b, gen)
+                return space.mutate(a, gen, cfg.mutation_prob)
+
+            child = fresh(propose, _CHILD_KEY, j)
+            if child is None or child.to_json() in pool_keys:
+                continue
+            pool.append(child)
+            pool_keys.add(child.to_json())
+        if not pool:
+            log(f"search: no new feasible child in {cfg.max_tries} tries at generation {generation}; "
+                f"stopping after {len(order)} evaluations")
+            break
+        if rank is not None and len(pool) > want:
+            scores = rank(pool)
+            pool = [pool[i] for i in np.argsort(-scores, kind="stable")[:want]]
+        for child in pool[:want]:
+            evaluate(child)
+    return order

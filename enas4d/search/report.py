@@ -1,0 +1,130 @@
+"""Search outputs: result.json, pareto.csv, pareto.png and the final rich table (all written atomically)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from enas4d.search.budget import format_macs
+
+__all__ = ["write_atomic", "write_json", "write_pareto_csv", "plot_pareto", "print_summary"]
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomic, pretty JSON (NaN/inf rejected: the file must be standard JSON)."""
+    write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_pareto_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Atomic CSV of front rows: kind, expected_macs, val_accuracy, subnet (JSON)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["kind", "expected_macs", "val_accuracy", "subnet"], lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_atomic(path, buf.getvalue().encode())
+
+
+def plot_pareto(path: str | os.PathLike, dynamic: np.ndarray, static: np.ndarray, candidates: np.ndarray,
+                budget: float, chosen: tuple[float, float] | None, static_best: tuple[float, float] | None,
+                title: str) -> None:
+    """Accuracy vs average MACs: dynamic and static fronts, candidates at the budget, the choices."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if len(candidates):
+        ax.scatter(candidates[:, 0], candidates[:, 1] * 100, s=10, c="0.7", label="candidates (at budget)")
+    if len(dynamic):
+        ax.step(dynamic[:, 0], dynamic[:, 1] * 100, where="post", color="C0", label="dynamic front (early exit)")
+    if len(static):
+        ax.step(static[:, 0], static[:, 1] * 100, where="post", color="C1", marker="o", ms=3,
+                label="static front (single exit)")
+    ax.axvline(budget, color="0.3", ls="--", lw=1, label=f"budget {format_macs(budget)}")
+    if chosen is not None:
+        ax.scatter([chosen[0]], [chosen[1] * 100], marker="*", s=160, color="C0", zorder=5, label="chosen dynamic")
+    if static_best is not None:
+        ax.scatter([static_best[0]], [static_best[1] * 100], marker="D", s=50, color="C1", zorder=5,
+                   label="best static")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: format_macs(v)))
+    ax.set_xlabel("average MACs per image")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def print_summary(result: dict[str, Any], front_rows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """The final table: chosen dynamic subnet vs best static one, exit usage, and a front sample."""
+    console = console or Console()
+    t = Table(title=f"search result: budget {format_macs(result['budget'])} MACs/image "
+                    f"({result['num_val_images']} validation images)")
+    for col in ("", "val acc", "avg MACs", "exit rates", "exit MACs (cumulative)", "thresholds"):
+        t.add_column(col, justify="right" if col in ("val acc", "avg MACs") else "left")
+    t.add_row("dynamic (chosen)", f"{100 * result['val_accuracy']:.2f}%", format_macs(result["expected_macs"]),
+              " ".join(f"{r:.2f}" for r in result["exit_rates"]),
+              " ".join(format_macs(m) for m in result["exit_macs"]),
+              " ".join(f"{x:.3f}" for x in result["thresholds"]))
+    sb = result["static_best"]
+    if sb is not None:
+        t.add_row("static (best)", f"{100 * sb['val_accuracy']:.2f}%", format_macs(sb["macs"]), "1.00",
+                  format_macs(sb["macs"]), "-")
+    else:
+        t.add_row("static (best)", "-", "-", "no static subnet fits", "", "")
+    console.print(t)
+    dyn = [r for r in front_rows if r["kind"] == "dynamic"]
+    stat = [r for r in front_rows if r["kind"] == "static"]
+    if dyn or stat:
+        f = Table(title="Pareto fronts (sample; all rows in pareto.csv)")
+        f.add_column("avg MACs", justify="right")
+        f.add_column("dynamic acc", justify="right")
+        f.add_column("best static acc at <= MACs", justify="right")
+        idx = np.unique(np.linspace(0, len(dyn) - 1, min(8, len(dyn))).round().astype(int)) if dyn else []
+        for i in idx:
+            macs = dyn[i]["expected_macs"]
+            st = [r["val_accuracy"] for r in stat if r["expected_macs"] <= macs]
+            f.add_row(format_macs(macs), f"{100 * dyn[i]['val_accuracy']:.2f}%",
+                      f"{100 * max(st):.2f}%" if st else "-")
+        console.print(f)
