@@ -1,0 +1,145 @@
+"""``enas4d-export``: the searched subnet as a standalone early-exit model folder.
+
+    enas4d-export ckpt=outputs/demo/train/checkpoints/last.ckpt \\
+        result=outputs/demo/search/result.json out=outputs/demo/export
+
+The supernet, its weights and the data (the training run's split and normalisation) are rebuilt
+from the checkpoint; the subnet, thresholds and confidence measure come from the search's
+``result.json``. BatchNorm statistics are re-estimated on the same calibration subset the search
+used (``bn`` settings), so the exported model is the network the search scored. :func:`export`
+is the importable function; :func:`main` the thin Hydra entry point. Settings: conf/export.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from enas4d.checkpoint import CheckpointError, load_supernet
+from enas4d.export.exporter import DataInfo, ExportError, check_out_dir, export_subnet, read_result
+from enas4d.export.metrics import rebatch, to_unit
+from enas4d.export.report import exit_table
+from enas4d.space import InvalidSubnetError
+
+__all__ = ["CONF_DIR", "export", "main"]
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
+
+
+def _positive(cfg: DictConfig, key: str) -> int:
+    """``cfg[key]`` as an int >= 1, else a clear error naming the field."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExportError(f"{key}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+DEFAULT_BN_IMAGES, DEFAULT_BN_BATCH_SIZE = 1000, 200  # the search's defaults (conf/search.yaml)
+
+
+def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    """Export ``cfg.result``'s subnet of ``cfg.ckpt`` into ``cfg.out``; returns ``subnet.json``'s content."""
+    from enas4d.search.cli import build_datamodule  # the search's data rebuild: same split, same images
+    from enas4d.search.evaluator import SearchError
+    from enas4d.training.calibration import CalibrationSet
+
+    console = console or Console()
+    for key in ("eval_batch_size", "check_images", "opset") + \
+            tuple(f"bn.{k}" for k in ("images", "batch_size") if cfg.bn[k] is not None):
+        _positive(cfg, key)
+    if cfg.threads is not None:
+        torch.set_num_threads(_positive(cfg, "threads"))
+    out = Path(str(cfg.out))
+    result_path = str(cfg.result)
+    # Fail on the output folder before any expensive work.
+    check_out_dir(out.resolve(), bool(cfg.overwrite), [Path(result_path)] + ([Path(str(cfg.ckpt))] if cfg.ckpt else []))
+    if not os.path.isfile(result_path):
+        raise ExportError(f"result: no result file at {result_path!r}")
+    try:  # the checkpoint the search used, to default to it and to catch a mismatch early
+        searched_ckpt = json.loads(Path(result_path).read_text()).get("checkpoint")
+    except (ValueError, AttributeError) as e:
+        raise ExportError(f"result: {result_path!r} is not a JSON object ({e})") from e
+    ckpt = str(cfg.ckpt) if cfg.ckpt is not None else searched_ckpt
+    if ckpt is None:
+        raise ExportError("ckpt: not given and the result names no checkpoint; pass ckpt=PATH")
+    if searched_ckpt is not None and os.path.exists(searched_ckpt) and not _same_file(ckpt, searched_ckpt) \
+            and not cfg.allow_other_ckpt:
+        raise ExportError(f"ckpt: the result was searched on {searched_ckpt!r}, not {ckpt!r}; its thresholds "
+                          "belong to those weights (pass allow_other_ckpt=true to export anyway)")
+
+    net, meta = load_supernet(ckpt)
+    choice = read_result(result_path, net)
+    overrides = OmegaConf.to_container(cfg.data_overrides, resolve=True) or {}
+    try:
+        dm = build_datamodule(meta, dict(overrides))
+    except SearchError as e:
+        raise ExportError(str(e)) from e
+    searched_bn = choice.info.get("bn") or {}
+    bn_images = int(cfg.bn.images if cfg.bn.images is not None else searched_bn.get("images", DEFAULT_BN_IMAGES))
+    bn_batch = int(cfg.bn.batch_size if cfg.bn.batch_size is not None
+                   else searched_bn.get("batch_size", DEFAULT_BN_BATCH_SIZE))
+    if searched_bn and (bn_images, bn_batch) != (searched_bn.get("images"), searched_bn.get("batch_size")):
+        console.print(f"export: warning: BatchNorm re-estimated on {bn_images} images in batches of {bn_batch}, the "
+                      f"search used {searched_bn}; the exported model is not exactly the network it scored")
+    calib = CalibrationSet(dm.calibration_dataloader(num_images=bn_images, batch_size=bn_batch))
+    mean, std = list(meta.data["mean"]), list(meta.data["std"])
+    check_list, have = [], 0
+    for x, _ in dm.val_dataloader():  # the first validation images, for the equivalence checks
+        check_list.append(to_unit(x, dm.mean, dm.std))
+        have += x.shape[0]
+        if have >= int(cfg.check_images):
+            break
+    if not check_list:
+        raise ExportError("data: the validation split is empty")
+    check = torch.cat(check_list)[:int(cfg.check_images)]
+    # Streamed (an ImageNet validation split does not fit in memory as floats).
+    val = ((to_unit(x, dm.mean, dm.std), y) for x, y in rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
+    data = DataInfo(name=str(meta.data["name"]), cfg=dict(meta.data["cfg"]), mean=mean, std=std,
+                    class_names=[str(c) for c in meta.data["class_names"]])
+    console.print(f"export: {net.name} subnet from {result_path} ({choice.confidence} thresholds "
+                  f"{[round(t, 4) for t in choice.thresholds]}) -> {out}")
+    result = export_subnet(
+        net, choice.subnet, choice.thresholds, out, confidence=choice.confidence, data=data,
+        calib_batches=calib.batches, val_batches=val if cfg.validate else None, check_images=check,
+        checkpoint=ckpt, result=result_path, search_info=choice.info, supernet_meta=dict(meta.supernet),
+        fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), overwrite=bool(cfg.overwrite))
+    val_report = result["validation"]
+    if val_report is not None:
+        console.print(exit_table(result, val_report, title=f"exported model on {val_report['num_images']} "
+                                                           "validation images"))
+        searched = choice.info.get("val_accuracy")
+        if searched is not None and abs(searched - val_report["accuracy"]) > 1e-9:
+            console.print(f"[yellow]export: validation accuracy {val_report['accuracy']:.4f} differs from the "
+                          f"search's {searched:.4f} (other bn settings or data than the search used?)[/yellow]")
+    console.print(f"export: wrote {out}/ ({', '.join(sorted(result['files'].values()))}, subnet.json, README.md)")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point: one clear line and exit status 2 on bad input."""
+    try:
+        export(cfg)
+    except (ExportError, CheckpointError, InvalidSubnetError) as e:
+        print(f"enas4d-export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

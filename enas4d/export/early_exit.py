@@ -1,0 +1,254 @@
+"""The deployable early-exit model: an extracted subnet that really stops computing.
+
+:class:`EarlyExitNet` wraps the stages of a :class:`~enas4d.models.static.StaticMultiStageNet`.
+Given a batch of images in [0, 1] it resizes and normalises them, runs stage 1 on all of them and
+stage ``k`` only on the images no earlier exit accepted, reusing the features (taps) the earlier
+stages computed for those images (design.md section 3), and scatters every image's result back to
+its place in the batch. An exit accepts an image when its confidence (:class:`Confidence`: max
+softmax, margin or normalised entropy, as the search used) is at least the exit's threshold; the
+last exit accepts every image that reaches it.
+
+Exits are numbered 0..E-1 over the *enabled* exits only (the order of the supernet's output list
+and of ``exit_macs`` in ``subnet.json``); ``exit_stages[e]`` is the stage that exit ``e`` ends.
+
+Everything here is TorchScript-compatible and, like :mod:`enas4d.models.static`, imports nothing
+else from enas4d, so ``torch.jit.load`` of a scripted model needs only torch.
+"""
+
+# No `from __future__ import annotations`: TorchScript reads the class-level annotations below.
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from enas4d.models.static import (ConvBNAct, KeepOp, PassOp, ResidualOp, SeqOp, StaticMultiStageNet,
+                                  StaticStage, StemOp)
+
+
+class Preprocess(nn.Module):
+    """[0, 1] images (N, C, H, W) -> the subnet's input: resized to R x R, then normalised."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], resolution: int):
+        super().__init__()
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean/std: expected equal lengths and std > 0, got {list(mean)} and {list(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.resolution = resolution
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) in [0, 1] -> (N, C, R, R) normalised (bilinear, align_corners=False)."""
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            # Bilinear weights sum to 1, so resizing first and normalising after equals the
+            # training order (normalise, then resize inside the supernet) and is cheaper.
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                              align_corners=False)
+        return (x - self.mean) / self.std
+
+
+CONFIDENCES = ("max_softmax", "margin", "entropy")
+
+
+class Confidence(nn.Module):
+    """Confidence in [0, 1] of logits (N, C) -> (N,), higher = more confident.
+
+    ``max_softmax``: top class probability; ``margin``: top minus second probability; ``entropy``:
+    ``1 - H(p) / log C``. The same formulas as the search's (enas4d.search.calibrate.confidence),
+    so the exported model takes the decisions the search scored.
+    """
+
+    def __init__(self, measure: str, num_classes: int):
+        super().__init__()
+        if measure not in CONFIDENCES:
+            raise ValueError(f"confidence: {measure!r} not allowed; allowed values: {list(CONFIDENCES)}")
+        self.measure, self.num_classes = measure, num_classes
+        self.log_classes = math.log(num_classes) if num_classes > 1 else 1.0
+
+    def forward(self, logits: Tensor) -> Tensor:
+        """(N, C) logits -> (N,) float32 confidence."""
+        p = torch.softmax(logits.float(), 1)
+        if self.measure == "max_softmax":
+            conf = p.amax(1)
+        elif self.num_classes == 1:
+            conf = torch.ones_like(p[:, 0])
+        elif self.measure == "margin":
+            top = p.topk(2, 1).values
+            conf = top[:, 0] - top[:, 1]
+        else:
+            ent = -(p * p.clamp_min(1e-12).log()).sum(1)  # (N,) nats
+            conf = 1.0 - ent / self.log_classes
+        return conf.clamp(0.0, 1.0)
+
+
+def fold_batchnorm(net: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm of a ``ConvBNAct`` into its conv (in place); returns the count."""
+    n = 0
+    for m in net.modules():
+        if isinstance(m, ConvBNAct) and isinstance(m.bn, nn.BatchNorm2d):
+            m.conv = fuse_conv_bn_eval(m.conv.eval(), m.bn.eval())
+            m.bn = nn.Identity()
+            n += 1
+    return n
+
+
+class EarlyExitNet(nn.Module):
+    """Batched early exit over the stages of an extracted subnet.
+
+    Args:
+        static: the extracted subnet (``MultiStageSupernet.extract``); its stages are taken over.
+        mean: per-channel mean of [0, 1] pixels the subnet was trained with.
+        std: per-channel standard deviation, same convention.
+        thresholds: one confidence threshold per enabled exit (the last one is ignored: the last
+            exit always accepts). Kept in float64, as the search compares them.
+        num_classes: logits per image.
+        confidence: the confidence measure (see :class:`Confidence`).
+    """
+
+    # Class-level annotations: TorchScript cannot infer the type of an empty list.
+    exit_stages: List[int]  # [e] stage that exit e ends
+    exit_of_stage: List[int]  # [k] exit index of stage k, -1 if its exit is disabled
+    tap_read: List[List[bool]]  # [k][i] does stage k + 1 read tap i of stage k?
+
+    def __init__(self, static: StaticMultiStageNet, mean: Sequence[float], std: Sequence[float],
+                 thresholds: Sequence[float], num_classes: int, confidence: str = "max_softmax"):
+        super().__init__()
+        self.in_chans, self.resolution, self.num_classes = static.in_chans, static.resolution, num_classes
+        if len(mean) != self.in_chans:
+            raise ValueError(f"mean: expected {self.in_chans} values (one per input channel), got {len(mean)}")
+        self.preprocess = Preprocess(mean, std, static.resolution)
+        self.confidence = Confidence(confidence, num_classes)
+        self.stages = static.stages
+        exit_stages = [k for k, stage in enumerate(static.stages) if stage.has_exit]
+        if not exit_stages or exit_stages[-1] != len(static.stages) - 1:
+            raise ValueError("static: the last stage must have an exit")
+        self.exit_stages = exit_stages
+        self.exit_of_stage = [exit_stages.index(k) if k in exit_stages else -1 for k in range(len(static.stages))]
+        self.num_exits = len(exit_stages)
+        # Taps the next stage never reads are not compacted.
+        self.tap_read = [_taps_read(static.stages[k + 1], len(static.stages[k].ops))
+                         for k in range(len(static.stages) - 1)] + [[]]
+        thr = torch.tensor([float(t) for t in thresholds], dtype=torch.float64)
+        self.register_buffer("thresholds", self._check_thresholds(thr))
+
+    @torch.jit.unused
+    def _check_thresholds(self, t: Tensor) -> Tensor:
+        """Validate a (E,) threshold vector in eager mode (clear error before scripting)."""
+        if t.dim() != 1 or t.shape[0] != self.num_exits or bool(torch.isnan(t).any()):
+            raise ValueError(f"thresholds: expected {self.num_exits} numbers (one per enabled exit), "
+                             f"got {t.tolist()}")
+        return t
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Raise a clear error unless x is a floating (N, C, H, W) batch; returns it as float32."""
+        if x.dim() != 4:
+            raise ValueError("input: expected a 4-D (N, {}, H, W) float tensor in [0, 1], got {} dims"
+                             .format(self.in_chans, x.dim()))
+        if x.shape[1] != self.in_chans:
+            raise ValueError("input: expected {} channels (N, {}, H, W), got shape {}"
+                             .format(self.in_chans, self.in_chans, x.shape))
+        if not x.is_floating_point():
+            raise ValueError("input: expected a floating-point tensor with values in [0, 1], got an "
+                             "integer or bool tensor (for uint8 images pass x.float() / 255)")
+        return x.float()
+
+    def forward(self, x: Tensor, thresholds: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """(N, C, H, W) in [0, 1] -> logits (N, num_classes) of the deciding exit, exit index (N,) int64.
+
+        ``thresholds`` (E,) replaces the stored ones for this call (e.g. all ``inf`` forces every
+        image through the last exit).
+        """
+        x = self.check_input(x)
+        thr = self.thresholds if thresholds is None else thresholds.to(self.thresholds.device,
+                                                                        self.thresholds.dtype)
+        if thr.dim() != 1 or thr.shape[0] != self.num_exits:
+            raise ValueError("thresholds: expected a ({},) tensor, one per enabled exit, got shape {}"
+                             .format(self.num_exits, thr.shape))
+        n = x.shape[0]
+        out = x.new_zeros((n, self.num_classes))
+        exit_index = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        img = self.preprocess(x)  # (n, C, R, R) of the undecided images
+        idx = torch.arange(n, device=x.device)  # their positions in the input batch
+        prev: List[Tensor] = []  # their taps from the stages run so far
+        k = 0
+        for stage in self.stages:  # unrolled by TorchScript: no break/continue allowed
+            e = self.exit_of_stage[k]
+            k += 1
+            if idx.shape[0] > 0:  # some images are still undecided
+                logits, prev = stage(img, prev)
+                if e >= 0:
+                    idx, img, prev = self._decide(logits, e, thr, idx, img, prev, self.tap_read[k - 1],
+                                                  out, exit_index)
+        return out, exit_index
+
+    def _decide(self, logits: Tensor, e: int, thr: Tensor, idx: Tensor, img: Tensor, prev: List[Tensor],
+                read: List[bool], out: Tensor, exit_index: Tensor) -> Tuple[Tensor, Tensor, List[Tensor]]:
+        """Write the images exit ``e`` accepts into ``out``/``exit_index``; return the rest's state.
+
+        ``logits`` (m, classes) are exit e's outputs for the m undecided images at input positions
+        ``idx`` (m,), with their resized images ``img`` and taps ``prev`` (``read[i]``: the next
+        stage reads ``prev[i]``).
+        """
+        if e == self.num_exits - 1:  # the last exit accepts everything
+            done_all = True
+        else:
+            done = self.confidence(logits).double() >= thr[e]  # (m,), compared in float64
+            n_done = int(done.sum())
+            if n_done == 0:
+                return idx, img, prev
+            done_all = n_done == idx.shape[0]
+            if not done_all:
+                sel = torch.nonzero(done)[:, 0]
+                keep = torch.nonzero(~done)[:, 0]
+                out.index_copy_(0, idx[sel], logits[sel])
+                exit_index.index_fill_(0, idx[sel], e)
+                # Compact the batch: later stages see only the undecided images and their taps.
+                taps: List[Tensor] = []
+                for i in range(len(prev)):
+                    # A tap the next stage never reads is handed on as is (its batch is stale).
+                    taps.append(prev[i].index_select(0, keep) if read[i] else prev[i])
+                return idx[keep], img[keep], taps
+        out.index_copy_(0, idx, logits)
+        exit_index.index_fill_(0, idx, e)
+        none: List[Tensor] = []  # no stage runs after this: no taps to hand on
+        return idx[:0], img[:0], none
+
+    @torch.jit.export
+    def all_exits(self, x: Tensor) -> List[Tensor]:
+        """Logits of every enabled exit for every image (no early exit), like the supernet's output."""
+        img = self.preprocess(self.check_input(x))
+        prev: List[Tensor] = []
+        outs: List[Tensor] = []
+        k = 0
+        for stage in self.stages:
+            logits, prev = stage(img, prev)
+            if self.exit_of_stage[k] >= 0:
+                outs.append(logits)
+            k += 1
+        return outs
+
+
+def _taps_read(stage: StaticStage, num_prev: int) -> List[bool]:
+    """Which of the ``num_prev`` taps handed to ``stage`` its ops read (all, for an unknown op)."""
+    read = [False] * num_prev
+    for op in stage.ops:
+        if isinstance(op, (StemOp, SeqOp, ResidualOp, PassOp, KeepOp)):
+            if op.prev_pos >= 0:
+                read[op.prev_pos] = True
+        else:
+            return [True] * num_prev
+    return read
+
+
+def build_early_exit(static: StaticMultiStageNet, mean: Sequence[float], std: Sequence[float],
+                     thresholds: Sequence[float], num_classes: int, confidence: str = "max_softmax",
+                     fold_bn: bool = True) -> EarlyExitNet:
+    """An eval-mode :class:`EarlyExitNet` over ``static`` (BatchNorm folded into convs unless told)."""
+    static = static.eval()
+    if fold_bn:
+        fold_batchnorm(static)
+    model = EarlyExitNet(static, mean, std, thresholds, num_classes, confidence).eval()
+    model.requires_grad_(False)  # inference only: no autograd graph in outputs
+    return model

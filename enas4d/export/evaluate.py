@@ -1,0 +1,204 @@
+"""``enas4d-evaluate``: what an exported early-exit model does on a dataset, and how fast.
+
+    enas4d-evaluate model=outputs/demo/export               # the training run's validation split
+    enas4d-evaluate model=outputs/demo/export data=digits   # or any conf/data/*.yaml dataset
+
+Reports accuracy, the *measured* average MACs (the cumulative MACs of the exit each image really
+took), the exit histogram, and throughput in images per second at each batch size next to the
+same exported model forced through its last exit (every threshold at +inf), with the ratio of the
+wall-clock speed-up to the MACs reduction. Writes ``metrics.json``. :func:`evaluate` is the
+importable function; :func:`main` the thin Hydra entry point. Settings: conf/evaluate.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.errors import InstantiationException
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from torch import Tensor
+
+from enas4d.checkpoint import CheckpointMeta
+from enas4d.export.exporter import ExportError, is_export
+from enas4d.export.metrics import Predict, exit_report, rebatch, throughput, to_unit
+from enas4d.export.report import exit_table, throughput_table
+
+__all__ = ["CONF_DIR", "BACKENDS", "load_model", "evaluate", "main"]
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
+BACKENDS = ("torchscript", "onnx")
+
+
+def load_model(model_dir: str | os.PathLike, backend: str,
+               threads: int | None = None) -> tuple[dict[str, Any], Predict]:
+    """``subnet.json``'s content and a ``predict(x, thresholds) -> (logits, exit_index)`` for a backend."""
+    model_dir = os.fspath(model_dir)
+    if backend not in BACKENDS:
+        raise ExportError(f"backend: {backend!r} not allowed; allowed values: {list(BACKENDS)}")
+    if not is_export(model_dir):
+        raise ExportError(f"model: {model_dir!r} is not an enas4d export folder (no valid subnet.json)")
+    meta = json.loads(Path(model_dir, "subnet.json").read_text())
+    if backend == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the contract
+            module = torch.jit.load(os.path.join(model_dir, meta["files"]["torchscript"]))
+
+        def predict(x: Tensor, thr: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+            return module(x) if thr is None else module(x, thr)
+
+        return meta, predict
+    if "onnx" not in meta["files"]:
+        raise ExportError(f"backend: {model_dir!r} was exported without ONNX graphs (onnx=false)")
+    from enas4d.export.onnx_runner import OnnxEarlyExit
+
+    runner = OnnxEarlyExit(model_dir, threads=threads)
+
+    def predict_onnx(x: Tensor, thr: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        logits, ex = runner(x.numpy(), None if thr is None else thr.numpy())
+        return torch.from_numpy(logits), torch.from_numpy(ex)
+
+    return meta, predict_onnx
+
+
+def _datamodule(cfg: DictConfig, meta: dict[str, Any]) -> Any:
+    """The datamodule of ``cfg.data``, or (null) the one the export recorded, set up."""
+    if cfg.data is None:
+        from enas4d.search.cli import build_datamodule
+        from enas4d.search.evaluator import SearchError
+
+        ckpt_meta = CheckpointMeta(meta["supernet"], meta["space"], meta["data"])
+        try:
+            return build_datamodule(ckpt_meta, dict(OmegaConf.to_container(cfg.data_overrides, resolve=True) or {}))
+        except SearchError as e:
+            raise ExportError(str(e)) from e
+    if cfg.data_overrides:
+        raise ExportError("data_overrides: only with data=null; override data.* keys directly instead")
+    try:
+        dm = hydra.utils.instantiate(cfg.data)
+        dm.setup("validate")
+    except (ValueError, TypeError, OSError, KeyError, InstantiationException) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"data: cannot build the dataset: {msg}") from e
+    if dm.num_classes != meta["num_classes"]:
+        raise ExportError(f"data: {dm.name!r} has {dm.num_classes} classes, the model {meta['num_classes']}")
+    return dm
+
+
+def _timing_images(batches: list[Tensor], count: int) -> Tensor:
+    """``count`` images: the given ones in order, repeated as often as needed."""
+    pool = torch.cat(batches)
+    reps = -(-count // pool.shape[0])
+    return pool.repeat(reps, 1, 1, 1)[:count]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file in the same folder, then rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
+    """Evaluate the export folder ``cfg.model``; returns (and writes to ``cfg.out``) the metrics."""
+    console = console or Console()
+    for key in ("eval_batch_size", "timing_images", "timing_max_batches", "repeats"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ExportError(f"{key}: expected an integer >= 1, got {v!r}")
+    sizes = list(cfg.batch_sizes)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise ExportError(f"batch_sizes: expected a non-empty list of integers >= 1, got {sizes}")
+    threads = cfg.threads
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ExportError(f"threads: expected an integer >= 1 or null, got {threads!r}")
+        torch.set_num_threads(threads)
+    meta, predict = load_model(str(cfg.model), str(cfg.backend), threads)
+    dm = _datamodule(cfg, meta)
+    exit_macs = meta["exit_macs"]
+
+    # Accuracy pass (streamed), keeping the first images for the timing set.
+    need = min(int(cfg.timing_images), int(cfg.timing_max_batches) * max(sizes))
+    kept: list[Tensor] = []
+    n_kept = 0
+
+    def batches():
+        nonlocal n_kept
+        for x, y in rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)):
+            x = to_unit(x, dm.mean, dm.std)
+            if n_kept < need:
+                kept.append(x[:need - n_kept])
+                n_kept += kept[-1].shape[0]
+            yield x, y
+
+    report = exit_report(predict, batches(), exit_macs)
+    rows = []
+    for bs in sizes:
+        count = max(bs, min(int(cfg.timing_images), int(cfg.timing_max_batches) * bs))
+        images = _timing_images(kept, count)
+        rows.append(throughput(predict, images, bs, len(exit_macs), exit_macs, repeats=int(cfg.repeats)))
+    target = float(cfg.target_ratio)
+    metrics = {
+        "model": os.path.abspath(str(cfg.model)),
+        "backend": str(cfg.backend),
+        "data": {"name": dm.name, "split": "validation", "num_images": report["num_images"]},
+        "accuracy": report["accuracy"],
+        "avg_macs": report["avg_macs"],
+        "last_exit_macs": exit_macs[-1],
+        "macs_reduction": exit_macs[-1] / report["avg_macs"],
+        "exit_histogram": report["exit_histogram"],
+        "exit_rates": report["exit_rates"],
+        "exit_accuracy": report["exit_accuracy"],
+        "exit_macs": exit_macs,
+        "exit_stages": meta["exit_stages"],
+        "thresholds": meta["thresholds"],
+        "confidence": meta["confidence"],
+        "throughput": {str(r["batch_size"]): r for r in rows},
+        "target_ratio": target,
+        "meets_target": all(r["ratio"] >= target for r in rows),
+        "threads": torch.get_num_threads() if cfg.backend == "torchscript" else threads,
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__},
+    }
+    console.print(exit_table(meta, report, title=f"{meta['supernet']['name']} early exit on {dm.name} "
+                                                  f"validation ({report['num_images']} images, {cfg.backend})"))
+    console.print(throughput_table(rows, target))
+    ratios = ", ".join(f"batch {r['batch_size']}: {r['ratio']:.2f}" for r in rows)
+    console.print(f"evaluate: wall-clock speed-up / MACs reduction = {ratios} (target >= {target})")
+    out = Path(str(cfg.out))
+    _write_json_atomic(out, metrics)
+    console.print(f"evaluate: wrote {out}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """Command-line entry point; returns the accuracy (for sweepers). Bad input: one line, exit 2."""
+    try:
+        metrics = evaluate(cfg)
+    except ExportError as e:
+        print(f"enas4d-evaluate: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return float(metrics["accuracy"])
+
+
+if __name__ == "__main__":
+    main()

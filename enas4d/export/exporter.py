@@ -1,0 +1,438 @@
+"""Export a searched subnet into a self-contained early-exit model folder.
+
+The folder (``out``) holds::
+
+    model.ts         TorchScript: logits, exit_index = m(x), x float (N, C, H, W) in [0, 1]
+    onnx/            preprocess.onnx, stage_<k>.onnx and manifest.json (see onnx_export.py)
+    onnx_runner.py   numpy + onnxruntime early-exit runner for the graphs (a copy of ours)
+    subnet.json      what the model is: subnet, thresholds, MACs per exit, data, provenance
+    README.md        model card: table of exits with MACs, exit rate and validation accuracy
+
+It is written into a temporary sibling folder and moved into place only once complete, so a
+failed export never leaves a half-written folder, and an earlier export is replaced only when
+``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+import enas4d
+from enas4d.export import onnx_runner
+from enas4d.export.early_exit import CONFIDENCES, EarlyExitNet, build_early_exit
+from enas4d.export.metrics import exit_report
+from enas4d.export.onnx_export import export_onnx
+from enas4d.export.report import pct
+from enas4d.models.supernet import MultiStageSupernet
+from enas4d.nn.bn import recalibrate_bn
+from enas4d.search.budget import format_macs
+from enas4d.space import InvalidSubnetError, Subnet
+
+EXPORT_FORMAT = "enas4d-export"  # marker in subnet.json: this folder is an enas4d export
+EXPORT_VERSION = 1
+# Export-time consistency checks between supernet, eager, TorchScript and ONNX logits.
+CHECK_ATOL = 1e-3
+# An ONNX decision may differ from TorchScript's only for an image whose confidence is this close
+# to the threshold (float rounding of two runtimes); anything else is an export bug.
+DECISION_MARGIN = 1e-4
+
+
+class ExportError(ValueError):
+    """Bad export input (result file, output folder, thresholds) or a failed consistency check."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the exported model records about the data it was trained on."""
+
+    name: str  # datamodule registry name
+    cfg: dict[str, Any]  # its configuration, as stored in the checkpoint
+    mean: list[float]  # per-channel mean of [0, 1] pixels
+    std: list[float]  # per-channel standard deviation
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class SearchChoice:
+    """The subnet and thresholds read from a search ``result.json``."""
+
+    subnet: Subnet
+    thresholds: list[float]  # one per enabled exit; the last is 0.0 (always accepts)
+    confidence: str  # confidence measure the thresholds apply to
+    info: dict[str, Any]  # search numbers worth keeping (val_accuracy, expected_macs, budget, ...)
+    checkpoint: str | None  # the checkpoint the search used, as written in the result
+
+
+# ------------------------------------------------------------------------------- result.json
+def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
+    """Thresholds of the enabled exits from one value per stage (K) or per enabled exit (E).
+
+    Values of disabled exits are dropped; the last exit's value is replaced by 0.0 since the last
+    exit always accepts. Raises ExportError for a wrong count or a non-number.
+    """
+    K, enabled = subnet.num_stages, [k for k, on in enumerate(subnet.exits) if on]
+    vals = list(values) if isinstance(values, (list, tuple)) else None
+    if vals is None or len(vals) not in (K, len(enabled)):
+        got = len(vals) if vals is not None else type(values).__name__
+        raise ExportError(f"thresholds: expected {K} values (one per stage) or {len(enabled)} (one per "
+                          f"enabled exit), got {got}")
+    try:
+        nums = [float(v) for v in vals]
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"thresholds: expected numbers, got {vals}") from e
+    if len(nums) == K:
+        nums = [nums[k] for k in enabled]
+    if any(math.isnan(v) for v in nums):
+        raise ExportError(f"thresholds: NaN is not a threshold, got {nums}")
+    return nums[:-1] + [0.0]
+
+
+def read_result(path: str | os.PathLike, net: MultiStageSupernet) -> SearchChoice:
+    """Read a search ``result.json`` and check it belongs to ``net``'s supernet and search space."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ExportError(f"result: no result file at {path!r}")
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"result: {path!r} is not readable JSON ({e})") from e
+    if not isinstance(res, dict) or not {"subnet", "thresholds"} <= set(res):
+        got = sorted(res) if isinstance(res, dict) else type(res).__name__
+        raise ExportError(f"result: {path!r} needs the keys ['subnet', 'thresholds'], got {got}")
+    sn = res.get("supernet")  # optional: searchers may record what they searched
+    if isinstance(sn, dict) and "name" in sn and (sn["name"], sn.get("num_stages", net.num_stages)) != \
+            (net.name, net.num_stages):
+        raise ExportError(f"result: {path!r} was searched on supernet {sn['name']!r} with "
+                          f"{sn.get('num_stages')} stages, the checkpoint holds {net.name!r} with "
+                          f"{net.num_stages}")
+    if "space" in res and res["space"] != net.space.to_config():
+        raise ExportError(f"result: {path!r} was searched in another search space than the checkpoint's "
+                          f"supernet {net.name!r}")
+    try:
+        subnet = net.space.from_dict(res["subnet"])
+    except (InvalidSubnetError, KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"result: the subnet in {path!r} does not belong to the search space of supernet "
+                          f"{net.name!r} ({net.num_stages} stages): {e}") from e
+    if "exit_stages" in res and list(res["exit_stages"]) != [k for k, on in enumerate(subnet.exits) if on]:
+        raise ExportError(f"result: exit_stages {res['exit_stages']} disagree with the subnet's exits "
+                          f"{list(subnet.exits)} in {path!r}")
+    if "confidence" not in res:
+        raise ExportError(f"result: {path!r} does not say which confidence its thresholds apply to "
+                          f"(key 'confidence', one of {list(CONFIDENCES)})")
+    if res["confidence"] not in CONFIDENCES:
+        raise ExportError(f"result: confidence {res['confidence']!r} is not supported; allowed values: "
+                          f"{list(CONFIDENCES)}")
+    keep = ("val_accuracy", "expected_macs", "budget", "exit_rates", "exit_macs", "num_val_images", "bn")
+    return SearchChoice(subnet, exit_thresholds(subnet, res["thresholds"]), str(res["confidence"]),
+                        {k: res[k] for k in keep if k in res}, res.get("checkpoint"))
+
+
+# ----------------------------------------------------------------------------- output folder
+def is_export(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`export_subnet`."""
+    meta = Path(path) / "subnet.json"
+    try:
+        return json.loads(meta.read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out_dir(out: Path, overwrite: bool, protect: Iterable[Path] = ()) -> None:
+    """Refuse an output folder that may not be (re)written; see the module docstring."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"out: {str(out)!r} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        if is_export(out):
+            raise ExportError(f"out: {str(out)!r} holds an earlier export; pass overwrite=true to replace it")
+        raise ExportError(f"out: {str(out)!r} exists and is not an enas4d export; choose a new folder "
+                          "(or pass overwrite=true to replace it)")
+    # overwrite=true replaces the whole folder: never one that holds the inputs or the caller.
+    guarded = [Path.cwd(), *protect]
+    for p in guarded:
+        p = p.resolve()
+        if p == out or out in p.parents:
+            raise ExportError(f"out: refusing to replace {str(out)!r}: it contains {str(p)!r}")
+    if (out / ".git").exists():
+        raise ExportError(f"out: refusing to replace {str(out)!r}: it is a git repository")
+
+
+def _commit_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing what was there."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.rename(out, old / out.name)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old / out.name, out)  # put the earlier folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ checks
+def count_stage_macs(model: EarlyExitNet) -> list[int]:
+    """MACs per image of every stage (body increment + its exit head), by torch.utils.flop_counter."""
+    img = torch.zeros(1, model.in_chans, model.resolution, model.resolution)
+    prev: list[Tensor] = []
+    macs = []
+    with torch.no_grad():
+        for stage in model.stages:
+            with FlopCounterMode(display=False) as counter:
+                _, prev = stage(img, prev)
+            flops = counter.get_total_flops()
+            macs.append(flops // 2)  # conv and matmul FLOPs are 2 x MACs
+    return macs
+
+
+def _max_diff(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    return max(float((u - v).abs().max()) if u.numel() else 0.0 for u, v in zip(a, b))
+
+
+@torch.no_grad()
+def check_decisions(model: EarlyExitNet, ref: tuple[Tensor, Tensor], other: tuple[Tensor, Tensor],
+                    all_logits: Sequence[Tensor], what: str) -> dict[str, Any]:
+    """Compare early-exit outputs of two runtimes; raise ExportError on a real disagreement.
+
+    ``all_logits`` are ``model``'s per-exit logits of the same images, used to tell a decision
+    flipped by float rounding at the threshold (allowed, counted) from a wrong one.
+    """
+    thresholds = model.thresholds.tolist()
+    (lr, er), (lo, eo) = ref, other
+    differ = er != eo
+    for i in torch.nonzero(differ)[:, 0].tolist():
+        e = min(int(er[i]), int(eo[i]))  # the earlier of the two exits made the contested decision
+        conf = float(model.confidence(all_logits[e][i:i + 1])[0])
+        if abs(conf - thresholds[e]) > DECISION_MARGIN:
+            raise ExportError(f"{what}: image {i} exits at {int(eo[i])} instead of {int(er[i])} "
+                              f"(confidence {conf:.6f}, threshold {thresholds[e]:.6f})")
+    same = ~differ
+    diff = float((lr[same] - lo[same]).abs().max()) if bool(same.any()) else 0.0
+    if diff > CHECK_ATOL:
+        raise ExportError(f"{what}: logits differ from the eager model by {diff:.2e} (> {CHECK_ATOL})")
+    return {"max_abs_diff": diff, "decisions_flipped_at_threshold": int(differ.sum())}
+
+
+# -------------------------------------------------------------------------------- model card
+def model_card(meta: dict[str, Any]) -> str:
+    """The README.md of an export folder, from its ``subnet.json`` content."""
+    s, val = meta["subnet"], meta.get("validation")
+    lines = [
+        f"# Early-exit model: {meta['supernet']['name']} subnet on {meta['data']['name']}",
+        "",
+        f"Exported by enas4d {meta['enas4d_version']} on {meta['created']} from `{meta['checkpoint']}`"
+        + (f" with search result `{meta['result']}`." if meta.get("result") else "."),
+        f"Input resolution {meta['resolution']}x{meta['resolution']}, {meta['num_classes']} classes, "
+        f"{len(meta['exit_stages'])} enabled exits over {meta['supernet']['num_stages']} stages; BatchNorm "
+        + ("folded into the convolutions." if meta["fold_bn"] else "kept as separate layers."),
+        "",
+        "## Exits",
+        "",
+    ]
+    if val is not None:
+        lines += [f"Measured on the validation split ({val['num_images']} images): accuracy "
+                  f"**{pct(val['accuracy'])}** at **{format_macs(val['avg_macs'])} MACs** per image on "
+                  f"average, {meta['exit_macs'][-1] / val['avg_macs']:.2f}x fewer than the last exit "
+                  f"({format_macs(meta['exit_macs'][-1])}).", ""]
+    lines += ["| exit | stage | threshold | cumulative MACs | exit rate | accuracy of its exits | "
+              "accuracy on all images |", "|---|---|---|---|---|---|---|"]
+    for e, (k, thr, macs) in enumerate(zip(meta["exit_stages"], meta["thresholds"], meta["exit_macs"])):
+        last = e == len(meta["exit_stages"]) - 1
+        rate = acc = acc_all = None
+        if val is not None:
+            rate, acc, acc_all = val["exit_rates"][e], val["exit_accuracy"][e], val["all_exits_accuracy"][e]
+        lines.append(f"| {e} | {k} | {'(accepts all)' if last else f'{thr:.4f}'} | {format_macs(macs)} | "
+                     f"{pct(rate)} | {pct(acc)} | {pct(acc_all)} |")
+    lines += [
+        "",
+        f"An exit accepts an image when its {meta['confidence']} confidence is at least the threshold; stage k",
+        "runs only on the images no earlier exit accepted, reusing their features.",
+        "",
+        "## Use",
+        "",
+        "TorchScript (needs only torch):",
+        "",
+        "```python",
+        "import torch",
+        "m = torch.jit.load('model.ts')",
+        f"x = torch.rand(8, {meta['in_chans']}, {meta['resolution']}, {meta['resolution']})  "
+        "# float (N, C, H, W) in [0, 1]; resized inside",
+        "logits, exit_index = m(x)          # (N, classes), (N,) int64",
+        f"logits, exit_index = m(x, torch.tensor({meta['thresholds']}))  # other thresholds",
+        "```",
+        "",
+        "onnxruntime (needs numpy and onnxruntime): `python onnx_runner.py . images.npy`, or",
+        "",
+        "```python",
+        "from onnx_runner import OnnxEarlyExit",
+        "logits, exit_index = OnnxEarlyExit('.')(x.numpy())",
+        "```",
+        "",
+        "## Subnet",
+        "",
+        "```json",
+        json.dumps(s),
+        "```",
+        "",
+        f"Class names: {', '.join(meta['class_names'])}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ export
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+@torch.no_grad()
+def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float], out: str | os.PathLike, *,
+                  confidence: str, data: DataInfo, calib_batches: Iterable[Any],
+                  val_batches: Iterable[tuple[Tensor, Tensor]] | None,
+                  check_images: Tensor, checkpoint: str, result: str | None = None,
+                  search_info: dict[str, Any] | None = None, supernet_meta: dict[str, Any] | None = None,
+                  fold_bn: bool = True, onnx: bool = True, opset: int = 17,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Write the early-exit model of ``subnet`` into the folder ``out``; returns its ``subnet.json``.
+
+    Args:
+        net: the supernet with its trained weights.
+        subnet: the chosen subnet (exits included).
+        thresholds: one per enabled exit (see :func:`exit_thresholds`).
+        confidence: the confidence measure the thresholds apply to (see ``CONFIDENCES``).
+        out: output folder; see :func:`check_out_dir` for when an existing one is accepted.
+        data: mean/std/class names the model normalises with and records.
+        calib_batches: normalised batches (or ``(x, y)``) to re-estimate BatchNorm statistics on.
+        val_batches: ``(x in [0, 1], y)`` batches of the validation split for the model card, or None.
+        check_images: (M, C, H, W) images in [0, 1] on which supernet, eager, TorchScript and
+            ONNX outputs are compared (export fails if they disagree).
+        checkpoint: path of the checkpoint, recorded in ``subnet.json``.
+        result: path of the search result, recorded.
+        search_info: numbers from the search result worth recording.
+        supernet_meta: the checkpoint's supernet entry (name, num_classes, ...); default from ``net``.
+        fold_bn: fold BatchNorm into the convolutions.
+        onnx: also write the ONNX graphs and runner.
+        opset: ONNX opset.
+        overwrite: replace an existing folder (never one holding the inputs or the cwd).
+    """
+    out = Path(out).resolve()
+    protect = [Path(checkpoint)] + ([Path(result)] if result else [])
+    check_out_dir(out, overwrite, protect)
+    net.space.validate(subnet)
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != sum(subnet.exits):
+        raise ExportError(f"thresholds: expected {sum(subnet.exits)} values (one per enabled exit), got {thresholds}")
+    if check_images.dim() != 4 or check_images.shape[0] == 0:
+        raise ExportError(f"check_images: expected a non-empty (M, C, H, W) batch, got {list(check_images.shape)}")
+
+    # 1. The subnet with BatchNorm statistics of its own, then the standalone model.
+    net.set_subnet(subnet)
+    recalibrate_bn(net, calib_batches)
+    net.eval()
+    model = build_early_exit(net.extract(subnet), data.mean, data.std, thresholds, net.num_classes, confidence,
+                             fold_bn)
+
+    # 2. Eager export == supernet, per exit.
+    x = check_images.float()
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    ref_exits = net((x - mean) / std)
+    eager_exits = model.all_exits(x)
+    checks: dict[str, Any] = {"images": int(x.shape[0]), "supernet_vs_export": _max_diff(ref_exits, eager_exits)}
+    if checks["supernet_vs_export"] > CHECK_ATOL:
+        raise ExportError(f"check: exported logits differ from the supernet's by {checks['supernet_vs_export']:.2e}")
+    eager = model(x)
+
+    # 3. Per-stage MACs: analytic (supernet) vs counted on the exported modules.
+    body, heads = net.stage_macs(subnet)
+    analytic = [b + (h if on else 0) for b, h, on in zip(body, heads, subnet.exits)]
+    counted = count_stage_macs(model)
+    if counted != analytic:
+        raise ExportError(f"check: MACs per stage counted by torch.utils.flop_counter {counted} differ from the "
+                          f"analytic {analytic}")
+    exit_macs = net.macs(subnet)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        # 4. TorchScript, reloaded and compared.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the contract
+            torch.jit.script(model).save(os.fspath(tmp / "model.ts"))
+            scripted = torch.jit.load(os.fspath(tmp / "model.ts"))
+        checks["torchscript"] = check_decisions(model, eager, scripted(x), eager_exits, "check: TorchScript")
+        files = {"torchscript": "model.ts"}
+
+        # 5. ONNX graphs + runner, compared.
+        if onnx:
+            (tmp / "onnx").mkdir()
+            export_onnx(model, tmp / "onnx", opset)
+            shutil.copyfile(onnx_runner.__file__, tmp / "onnx_runner.py")
+            runner = onnx_runner.OnnxEarlyExit(os.fspath(tmp))
+            lo, eo = runner(x.numpy())
+            checks["onnx"] = check_decisions(model, eager, (torch.from_numpy(lo), torch.from_numpy(eo)),
+                                             eager_exits, "check: ONNX")
+            files.update(onnx="onnx/manifest.json", onnx_runner="onnx_runner.py")
+
+        # 6. The model card's numbers, from the saved TorchScript model.
+        validation = None
+        if val_batches is not None:
+            validation = exit_report(lambda b, t: scripted(b), val_batches, exit_macs, scripted.all_exits)
+
+        meta = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_VERSION,
+            "subnet": subnet.to_dict(),
+            "thresholds": thresholds,
+            "confidence": confidence,
+            "exit_rule": "an exit accepts an image when its confidence >= its threshold; the last accepts all",
+            "exit_stages": list(model.exit_stages),
+            "exit_macs": exit_macs,
+            "stage_macs": analytic,
+            "resolution": subnet.resolution,
+            "in_chans": net.in_chans,
+            "num_classes": net.num_classes,
+            "input": "float tensor (N, in_chans, H, W) with values in [0, 1]; resized and normalised inside",
+            "mean": list(data.mean),
+            "std": list(data.std),
+            "class_names": list(data.class_names),
+            "supernet": supernet_meta or {"name": net.name, "num_classes": net.num_classes,
+                                          "num_stages": net.num_stages, "in_chans": net.in_chans},
+            "space": net.space.to_config(),
+            "data": {"name": data.name, "cfg": data.cfg, "mean": list(data.mean), "std": list(data.std),
+                     "class_names": list(data.class_names)},
+            "checkpoint": os.path.abspath(checkpoint),
+            "result": os.path.abspath(result) if result else None,
+            "search": dict(search_info or {}),
+            "fold_bn": fold_bn,
+            "files": files,
+            "validation": validation,
+            "checks": {**checks, "flop_counter_stage_macs": counted},
+            "torch_version": torch.__version__,
+            "enas4d_version": enas4d.__version__,
+            "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        (tmp / "README.md").write_text(model_card(meta))
+        _write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
+        _commit_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

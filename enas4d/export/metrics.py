@@ -1,0 +1,133 @@
+"""What an early-exit model does on a dataset: accuracy, exits taken, measured MACs, throughput.
+
+Every function takes the model as a ``predict(x, thresholds) -> (logits, exit_index)`` callable
+(the TorchScript module, the eager :class:`~enas4d.export.early_exit.EarlyExitNet`, or the
+onnxruntime runner wrapped to torch tensors), so all backends are measured the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+Predict = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
+
+
+def to_unit(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo a datamodule's normalisation: (N, C, H, W) normalised -> pixels in [0, 1]."""
+    m = torch.tensor(list(mean), dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=x.dtype).view(1, -1, 1, 1)
+    return x * s + m
+
+
+@torch.no_grad()
+def exit_report(predict: Predict, batches: Iterable[tuple[Tensor, Tensor]], exit_macs: Sequence[int],
+                all_exits: Callable[[Tensor], list[Tensor]] | None = None) -> dict[str, Any]:
+    """Run ``predict`` over ``(x in [0, 1], y)`` batches and summarise the exits it took.
+
+    Returns a dict with ``num_images``, ``accuracy``, ``avg_macs`` (mean of the cumulative MACs
+    of the exit each image took), ``exit_histogram`` (images per exit), ``exit_rates`` and
+    ``exit_accuracy`` (accuracy of the images each exit decided; None where it decided none).
+    With ``all_exits`` (x -> logits of every exit for every image) also ``all_exits_accuracy``:
+    each exit's accuracy had every image used it.
+    """
+    E = len(exit_macs)
+    counts = torch.zeros(E, dtype=torch.long)
+    correct = torch.zeros(E, dtype=torch.long)
+    correct_all = torch.zeros(E, dtype=torch.long)
+    for x, y in batches:
+        if all_exits is not None:
+            for e, logits in enumerate(all_exits(x)):
+                correct_all[e] += int((logits.argmax(1) == y).sum())
+        logits, ex = predict(x, None)
+        if bool((ex < 0).any()) or bool((ex >= E).any()):
+            raise RuntimeError(f"model returned exit indices outside 0..{E - 1}: {ex.unique().tolist()}")
+        counts += torch.bincount(ex, minlength=E)
+        correct += torch.bincount(ex, weights=(logits.argmax(1) == y).double(), minlength=E).round().long()
+    n = int(counts.sum())
+    if n == 0:
+        raise ValueError("exit_report: the dataset is empty")
+    macs = torch.tensor([float(m) for m in exit_macs], dtype=torch.float64)
+    report: dict[str, Any] = {
+        "num_images": n,
+        "accuracy": float(correct.sum()) / n,
+        "avg_macs": float((counts.double() * macs).sum()) / n,
+        "exit_histogram": counts.tolist(),
+        "exit_rates": (counts.double() / n).tolist(),
+        "exit_accuracy": [float(c) / int(k) if int(k) else None for c, k in zip(correct, counts)],
+    }
+    if all_exits is not None:
+        report["all_exits_accuracy"] = (correct_all.double() / n).tolist()
+    return report
+
+
+def rebatch(batches: Iterable[tuple[Tensor, Tensor]], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The same ``(x, y)`` stream in batches of ``batch_size`` (the last may be smaller), order kept."""
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    n = 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        n += y.shape[0]
+        while n >= batch_size:
+            X, Y = torch.cat(xs), torch.cat(ys)
+            yield X[:batch_size], Y[:batch_size]
+            xs, ys, n = [X[batch_size:]], [Y[batch_size:]], n - batch_size
+    if n:
+        yield torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int, exit_macs: Sequence[int],
+               repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Images per second of early exit vs the same model forced through the last exit.
+
+    ``images`` (M, C, H, W) in [0, 1] are run in batches of ``batch_size`` (the last partial batch
+    is dropped) with the stored thresholds and with every threshold at +inf (each image goes
+    through every stage). The two modes alternate batch by batch (in alternating order), so load
+    from other processes falls on both alike; times are summed over ``repeats`` passes after
+    ``warmup`` passes. ``ratio`` is the wall-clock speed-up divided by the MACs reduction
+    (1.0: time saved in proportion to MACs saved); ``ratio_per_repeat`` shows its spread.
+    """
+    n = (images.shape[0] // batch_size) * batch_size
+    if n == 0:
+        raise ValueError(f"throughput: {images.shape[0]} images are fewer than batch_size={batch_size}")
+    batches = [images[i:i + batch_size] for i in range(0, n, batch_size)]
+    force_last = torch.full((num_exits,), float("inf"), dtype=torch.float64)
+    macs = torch.tensor([float(m) for m in exit_macs], dtype=torch.float64)
+    exits = torch.cat([predict(b, None)[1] for b in batches])  # also the first warm-up pass
+    avg_macs = float(macs[exits].mean())
+    macs_reduction = float(macs[-1]) / avg_macs
+    t_ee, t_last = [], []
+    for r in range(warmup + repeats):
+        ee = last = 0.0
+        for i, b in enumerate(batches):
+            for mode in ((0, 1) if (i + r) % 2 == 0 else (1, 0)):
+                t0 = time.perf_counter()
+                predict(b, None if mode == 0 else force_last)
+                dt = time.perf_counter() - t0
+                if mode == 0:
+                    ee += dt
+                else:
+                    last += dt
+        if r >= warmup:
+            t_ee.append(ee)
+            t_last.append(last)
+    ee_ips, last_ips = n * repeats / sum(t_ee), n * repeats / sum(t_last)
+    speedup = ee_ips / last_ips
+    return {
+        "batch_size": batch_size,
+        "images": n,
+        "repeats": repeats,
+        "early_exit_ips": ee_ips,
+        "last_exit_ips": last_ips,
+        "speedup": speedup,
+        "avg_macs": avg_macs,
+        "macs_reduction": macs_reduction,
+        "ratio": speedup / macs_reduction,
+        "ratio_per_repeat": [(tl / te) / macs_reduction for te, tl in zip(t_ee, t_last)],
+    }
