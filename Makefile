@@ -39,16 +39,18 @@ test: install ## Run the fast test suite (slow tests deselected)
 test-all: install ## Run every test, slow ones included
 	$(PYTEST) -m "slow or not slow" $(PYTEST_ARGS)
 
-# TODO(train/search/export owners): once the pipeline lands, extend the recipe below with the
-# search and export steps (reading outputs/demo/train) so `make demo` runs end to end.
-demo: ## Train, search and export a tiny supernet on the bundled digits data
-	@if [ ! -f enas4d/train.py ]; then \
-		echo "make demo: training/search/export not yet available"; exit 1; fi
-	@$(MAKE) --no-print-directory install
-	$(BIN)/enas4d-train experiment=digits_demo hydra.run.dir=outputs/demo/train
+DEMO := outputs/demo
+demo: install ## Train on the bundled digits, search at a MAC budget, export, evaluate (~4 min on 2 cores)
+	$(BIN)/enas4d-train experiment=digits_demo hydra.run.dir=$(DEMO)/train
+	$(BIN)/enas4d-search search=digits_demo ckpt=$(DEMO)/train/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/search
+	$(BIN)/enas4d-export ckpt=$(DEMO)/train/checkpoints/last.ckpt result=$(DEMO)/search/result.json \
+		out=$(DEMO)/export overwrite=true hydra.run.dir=$(DEMO)/export-log
+	$(BIN)/enas4d-evaluate model=$(DEMO)/export hydra.run.dir=$(DEMO)/evaluate-log
 
-bench: ## List the benchmark scripts in tools/ (run one with .venv/bin/python tools/bench_X.py)
-	@ls tools/bench_*.py 2>/dev/null || echo "no benchmarks yet (tools/bench_*.py)"
+bench: install ## Run the benchmark scripts in tools/ (each prints ratios measured side by side)
+	$(BIN)/python tools/bench_supernet.py --threads 1
+	$(BIN)/python tools/bench_train.py --threads 1
+	$(BIN)/python tools/bench_search.py
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache build dist *.egg-info

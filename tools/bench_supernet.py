@@ -65,7 +65,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads={args.threads} not allowed; allowed: >= 1")
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, 32x32, "
           f"K={args.stages}, forward+backward of all exits")
     print(f"{'family':<16}{'subnet':<10}{'supernet ms':>12}{'static ms':>11}{'ratio':>8}")

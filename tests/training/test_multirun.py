@@ -33,7 +33,6 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
     assert (tmp_path / "0" / "config.yaml").is_file() and (tmp_path / "1" / "csv").is_dir()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_submitit_launcher"),
                     reason="needs hydra-submitit-launcher (pip install -e '.[sweep]')")
 def test_submitit_local_launcher(tmp_path):
@@ -44,7 +43,6 @@ def test_submitit_local_launcher(tmp_path):
     assert {_stages(tmp_path / "0"), _stages(tmp_path / "1")} == {2, 3}
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_optuna_sweeper"),
                     reason="needs hydra-optuna-sweeper (pip install -e '.[sweep]')")
 def test_optuna_sweep(tmp_path):

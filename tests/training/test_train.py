@@ -137,7 +137,6 @@ def test_main_bad_value_is_one_line_error_and_exit_1(tiny_cfg, capsys):
     assert err.startswith("enas4d-train: error:") and "module.n_random" in err and "\n" not in err
 
 
-@pytest.mark.slow
 def test_resume_after_kill_9(tiny_cfg, tmp_path):
     """A real SIGKILL mid-epoch, then `enas4d-train ... ckpt_path=.../last.ckpt`: same steps as without it."""
     full, killed = tmp_path / "full", tmp_path / "killed"
