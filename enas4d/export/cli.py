@@ -25,9 +25,10 @@ from rich.console import Console
 
 from enas4d.checkpoint import CheckpointError, load_supernet
 from enas4d.export.exporter import DataInfo, ExportError, check_out_dir, export_subnet, read_result
-from enas4d.export.metrics import rebatch, to_unit
+from enas4d.export.metrics import to_unit
 from enas4d.export.report import exit_table
 from enas4d.space import InvalidSubnetError
+from enas4d.utils import rebatch
 
 __all__ = ["CONF_DIR", "export", "main"]
 

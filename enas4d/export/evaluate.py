@@ -30,8 +30,9 @@ from torch import Tensor
 
 from enas4d.checkpoint import CheckpointMeta
 from enas4d.export.exporter import ExportError, is_export
-from enas4d.export.metrics import Predict, exit_report, rebatch, throughput, to_unit
+from enas4d.export.metrics import Predict, exit_report, throughput, to_unit
 from enas4d.export.report import exit_table, throughput_table
+from enas4d.utils import rebatch
 
 __all__ = ["CONF_DIR", "BACKENDS", "load_model", "evaluate", "main"]
 

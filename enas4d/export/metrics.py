@@ -8,7 +8,7 @@ onnxruntime runner wrapped to torch tensors), so all backends are measured the s
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -62,23 +62,6 @@ def exit_report(predict: Predict, batches: Iterable[tuple[Tensor, Tensor]], exit
     if all_exits is not None:
         report["all_exits_accuracy"] = (correct_all.double() / n).tolist()
     return report
-
-
-def rebatch(batches: Iterable[tuple[Tensor, Tensor]], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The same ``(x, y)`` stream in batches of ``batch_size`` (the last may be smaller), order kept."""
-    xs: list[Tensor] = []
-    ys: list[Tensor] = []
-    n = 0
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-        n += y.shape[0]
-        while n >= batch_size:
-            X, Y = torch.cat(xs), torch.cat(ys)
-            yield X[:batch_size], Y[:batch_size]
-            xs, ys, n = [X[batch_size:]], [Y[batch_size:]], n - batch_size
-    if n:
-        yield torch.cat(xs), torch.cat(ys)
 
 
 @torch.no_grad()

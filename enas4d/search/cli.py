@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import numpy as np
@@ -35,6 +35,7 @@ from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_json, write_pareto_csv
 from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
 from enas4d.training.calibration import CalibrationSet
+from enas4d.utils import rebatch
 
 __all__ = ["CONF_DIR", "SPLIT_KEYS", "DynamicProblem", "StaticProblem", "build_datamodule", "search", "main"]
 
@@ -222,7 +223,7 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
                           f"leaving at exit 1); use budget >= {smallest_macs}")
     overrides = dict(OmegaConf.to_container(cfg.data_overrides, resolve=True) or {})
     dm = build_datamodule(meta, overrides)
-    val_batches = list(_rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
+    val_batches = list(rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
     if not val_batches:
         raise SearchError("data: the validation split is empty; the search needs validation images")
     calib = CalibrationSet(dm.calibration_dataloader(num_images=int(cfg.bn.images),
@@ -385,21 +386,6 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
                   f"{result['search']['seconds']:.0f}s ({evaluator.misses} network evaluations, "
                   f"{evaluator.hits} from cache)")
     return result
-
-
-def _rebatch(loader: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``loader`` re-batched to ``batch_size`` images (validation order kept)."""
-    xs, ys, n = [], [], 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        n += len(y)
-        while n >= batch_size:
-            X, Y = torch.cat(xs), torch.cat(ys)
-            yield X[:batch_size], Y[:batch_size]
-            xs, ys, n = [X[batch_size:]], [Y[batch_size:]], n - batch_size
-    if n:
-        yield torch.cat(xs), torch.cat(ys)
 
 
 def _apply_exits(arch: Subnet, exits: tuple[bool, ...]) -> Subnet:
