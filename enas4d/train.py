@@ -77,6 +77,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor
 
+    from enas4d.training.checkpoint_io import AtomicCheckpointIO
     from enas4d.training.module import check_meta_compatible
 
     try:
@@ -94,7 +95,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         loggers = _instantiate_dict(cfg.logger)
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=none)
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        # Checkpoints are written to a temporary file, then renamed (a crash never corrupts last.ckpt).
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                      plugins=[AtomicCheckpointIO()])
     except InstantiationException as e:
         # Hydra wraps the constructor's own error; its cause is the message worth showing.
         cause = e.__cause__ if e.__cause__ is not None else e
