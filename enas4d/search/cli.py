@@ -132,7 +132,7 @@ def _evolution_config(cfg: DictConfig, evaluations: int, stream: int = 0) -> Evo
     return EvolutionConfig(algorithm=str(cfg.algorithm), evaluations=evaluations, population=int(cfg.population),
                            parents=float(cfg.parents), mutation_prob=float(cfg.mutation_prob),
                            crossover_prob=float(cfg.crossover_prob), seed=int(cfg.seed),
-                           max_tries=int(cfg.max_tries), stream=stream)
+                           max_tries=int(cfg.max_tries), stream=stream, seed_largest=bool(cfg.seed_largest))
 
 
 def _check_config(cfg: DictConfig) -> None:

@@ -42,6 +42,7 @@ class EvolutionConfig:
     seed: int = 0  # seeds every random choice of the search
     max_tries: int = 200  # proposals per new child before the space counts as exhausted
     stream: int = 0  # separates the random streams of searches sharing a seed (dynamic 0, static 1)
+    seed_largest: bool = True  # evolution: the first member is the largest subnet (shrunk until feasible)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -162,6 +163,12 @@ def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
         return order
 
     # Evolution: (mu + lambda) with elitism; the population is the best `population` scored so far.
+    if cfg.seed_largest:
+        # Uniform samples are mid-sized; the largest architecture that fits anchors the top end.
+        largest = repair(space, space.largest(), problem.feasible,
+                         make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, _INIT_KEY))
+        if largest is not None:
+            evaluate(largest)
     while len(order) < min(cfg.population, target):
         arch = fresh(space.sample, _INIT_KEY)
         if arch is None:

@@ -67,9 +67,28 @@ def test_evolution_beats_random_on_a_smooth_objective(net):
     evo, rnd = [], []
     for seed in range(3):
         for algo, acc in (("evolution", evo), ("random", rnd)):
-            cfg = EvolutionConfig(algorithm=algo, evaluations=40, population=8, seed=seed, mutation_prob=0.2)
+            cfg = EvolutionConfig(algorithm=algo, evaluations=40, population=8, seed=seed, mutation_prob=0.2,
+                                  seed_largest=False)  # the operators alone, not the seeding
             acc.append(max(s.fitness for s in run_search(net.space, ToyProblem(net, budget), cfg)))
     assert np.mean(evo) > np.mean(rnd)
+
+
+def test_evolution_starts_from_the_largest_feasible_architecture(net):
+    sp = net.space
+    loose = ToyProblem(net, float("inf"))
+    first = run_search(sp, loose, EvolutionConfig(evaluations=3, population=3, seed=0))[0]
+    assert first.arch == sp.largest().with_all_exits()
+    tight = ToyProblem(net, tight_budget(net))
+    assert not tight.feasible(sp.largest())
+    first = run_search(sp, tight, EvolutionConfig(evaluations=3, population=3, seed=0))[0]
+    assert tight.feasible(first.arch) and first.arch != sp.largest().with_all_exits()
+    # Shrunk from the largest gene by gene: some genes keep their largest choice.
+    kept = [a == b for a, b in zip(sp.encode(first.arch), sp.encode(sp.largest()))]
+    assert any(kept)
+    off = run_search(sp, loose, EvolutionConfig(evaluations=3, population=3, seed=0, seed_largest=False))
+    assert sp.largest().with_all_exits() not in [s.arch for s in off]
+    rnd = run_search(sp, loose, EvolutionConfig(algorithm="random", evaluations=3, seed=0))
+    assert sp.largest().with_all_exits() not in [s.arch for s in rnd]  # the baseline stays uniform
 
 
 def test_repair_makes_feasible_and_respects_impossible(net):
