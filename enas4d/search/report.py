@@ -107,6 +107,11 @@ def print_summary(result: dict[str, Any], front_rows: list[dict[str, Any]], cons
               " ".join(f"{r:.2f}" for r in result["exit_rates"]),
               " ".join(format_macs(m) for m in result["exit_macs"]),
               " ".join(f"{x:.3f}" for x in result["thresholds"]))
+    cf = result.get("cross_fitted")
+    if cf is not None:
+        # Thresholds fitted on one half of the validation images, scored on the other (both ways).
+        t.add_row("dynamic (cross-fitted)", f"{100 * cf['val_accuracy']:.2f}%",
+                  format_macs(cf["expected_macs"]), "-", "", "")
     sb = result["static_best"]
     if sb is not None:
         t.add_row("static (best)", f"{100 * sb['val_accuracy']:.2f}%", format_macs(sb["macs"]), "1.00",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from enas4d.search.calibrate import (ExitTable, calibrate, confidence, exit_costs, pareto_front, simulate,
-                                     tradeoff)
+from enas4d.search.calibrate import (ExitTable, calibrate, confidence, cross_fit, exit_costs, pareto_front,
+                                     simulate, tradeoff)
 
 
 def random_table(K: int, N: int, seed: int, levels: int | None = None) -> ExitTable:
@@ -146,3 +146,20 @@ def test_blocked_sweep_equals_single_block(monkeypatch):
     many = calibrate(table, body, heads, budget)
     assert (many.correct, many.total_macs, many.thresholds) == (one.correct, one.total_macs, one.thresholds)
     assert (one.correct, one.total_macs) == brute_force(table, body, heads, budget)
+
+
+def test_cross_fit_scores_each_half_with_the_other_halfs_thresholds():
+    table = random_table(3, 200, seed=7)
+    body, heads = BODY[:3], HEADS[:3]
+    budget = 0.5 * (exit_costs(body, heads, (True,) * 3)[0] + exit_costs(body, heads, (True,) * 3)[-1])
+    got = cross_fit(table, body, heads, budget, grid=None, seed=3)
+    perm = np.random.default_rng(3).permutation(200)
+    a, b = np.sort(perm[:100]), np.sort(perm[100:])
+    sub = lambda idx: ExitTable(table.correct[:, idx], table.conf[:, idx])  # noqa: E731
+    correct = total = 0
+    for fit, held in ((a, b), (b, a)):
+        pol = calibrate(sub(fit), body, heads, budget, grid=None)
+        res = simulate(sub(held), pol.exits, pol.thresholds, body, heads)
+        correct, total = correct + res.correct, total + res.total_macs
+    assert got == (correct / 200, total / 200)
+    assert cross_fit(table, body, heads, 0.0) is None  # nothing fits a zero budget

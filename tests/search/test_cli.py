@@ -66,6 +66,8 @@ def test_search_outputs_reproducible_and_cached(tiny_ckpt, make_cfg, tmp_path):
     assert res["expected_macs"] <= res["budget"] == pytest.approx(0.5 * res["largest_macs"])
     assert sum(res["exit_rates"]) == pytest.approx(1.0)
     assert res["bn"] == {"images": 48, "batch_size": 24}  # what export repeats by default
+    cf = res["cross_fitted"]  # thresholds scored on the half of the images they were not fitted on
+    assert 0.0 <= cf["val_accuracy"] <= 1.0 and res["smallest_macs"] <= cf["expected_macs"] <= res["largest_macs"]
     assert res["expected_macs"] == pytest.approx(sum(r * m for r, m in zip(res["exit_rates"], res["exit_macs"])))
     net, _ = load_supernet(tiny_ckpt)
     assert res["exit_macs"] == net.macs(net.space.from_dict(res["subnet"]))
