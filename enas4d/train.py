@@ -15,9 +15,7 @@ it with a composed config); :func:`main` is the thin command-line wrapper.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from enas4d.checkpoint import CheckpointError, read_checkpoint
 from enas4d.models import MultiStageSupernet, create_supernet
+from enas4d.utils.files import write_atomic
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -87,9 +86,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         net: MultiStageSupernet = create_supernet(cfg.supernet.name, num_classes=dm.num_classes,
                                                   num_stages=cfg.supernet.num_stages, in_chans=dm.in_chans)
         if cfg.ckpt_path is not None:
-            _, meta = read_checkpoint(cfg.ckpt_path)
-            check_meta_compatible({"supernet": meta.supernet, "space": meta.space, "data": meta.data}, net,
-                                  dm.num_classes, repr(str(cfg.ckpt_path)))
+            ckpt, _ = read_checkpoint(cfg.ckpt_path)
+            check_meta_compatible(ckpt["enas4d"], net, dm.num_classes, repr(str(cfg.ckpt_path)))
         module: SupernetModule = hydra.utils.instantiate(cfg.module, net=net, data_meta=data_meta(dm, cfg.data))
         callbacks = _instantiate_dict(cfg.callbacks)
         loggers = _instantiate_dict(cfg.logger)
@@ -110,39 +108,28 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def _save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved config atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=True))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the config is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, OmegaConf.to_yaml(cfg, resolve=True).encode("utf-8"))
 
 
-def summary_rows(net: MultiStageSupernet, metrics: dict[str, float]) -> list[tuple[str, int, int, float | None]]:
-    """(subnet, exit, cumulative MACs per image, val accuracy) of the validated min/mid/max subnets."""
-    from enas4d.training.sampling import middle_subnet
-
-    subnets = {"min": net.space.smallest(), "mid": middle_subnet(net.space), "max": net.space.largest()}
+def summary_rows(module: SupernetModule, metrics: dict[str, float]) -> list[tuple[str, int, int, float | None]]:
+    """(subnet, exit, cumulative MACs per image, val accuracy) of the module's validated subnets."""
     rows = []
-    for name, s in subnets.items():
-        for k, macs in enumerate(net.macs(s.with_all_exits())):
+    for name, s in module.val_subnets.items():  # every exit enabled
+        for k, macs in enumerate(module.net.macs(s)):
             rows.append((name, k + 1, macs, metrics.get(f"val/{name}/exit{k + 1}")))
     return rows
 
 
-def _print_summary(net: MultiStageSupernet, metrics: dict[str, float]) -> None:
+def _print_summary(module: SupernetModule, metrics: dict[str, float]) -> None:
     """Rich table of per-exit MACs and validation accuracy."""
     from rich.console import Console
     from rich.table import Table
 
+    net = module.net
     table = Table(title=f"{net.name}, {net.num_stages} exits: validation accuracy per exit")
     for col in ("subnet", "exit", "MACs/image", "val acc"):
         table.add_column(col, justify="right")
-    for name, k, macs, acc in summary_rows(net, metrics):
+    for name, k, macs, acc in summary_rows(module, metrics):
         table.add_row(name, str(k), f"{macs / 1e6:.2f}M", "-" if acc is None else f"{100 * acc:.2f}%")
     Console().print(table)
 
@@ -159,7 +146,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.summary and trainer.is_global_zero:
-        _print_summary(objects["net"], metrics)
+        _print_summary(objects["module"], metrics)
     return metrics, objects
 
 

@@ -12,7 +12,6 @@ is the importable function; :func:`main` the thin Hydra entry point. Settings: c
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,18 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from enas4d.checkpoint import CheckpointError, load_supernet
-from enas4d.export.exporter import DataInfo, ExportError, check_out_dir, export_subnet, read_result
+from enas4d.export.exporter import DataInfo, ExportError, check_out_dir, export_subnet, load_result, read_result
 from enas4d.export.metrics import to_unit
 from enas4d.export.report import exit_table
 from enas4d.space import InvalidSubnetError
 from enas4d.utils import rebatch
 
-__all__ = ["CONF_DIR", "export", "main"]
+__all__ = ["CONF_DIR", "export", "main", "positive_int"]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
 
 
-def _positive(cfg: DictConfig, key: str) -> int:
+def positive_int(cfg: DictConfig, key: str) -> int:
     """``cfg[key]`` as an int >= 1, else a clear error naming the field."""
     value = OmegaConf.select(cfg, key, throw_on_missing=True)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -63,19 +62,15 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     for key in ("eval_batch_size", "check_images", "opset") + \
             tuple(f"bn.{k}" for k in ("images", "batch_size") if cfg.bn[k] is not None):
-        _positive(cfg, key)
+        positive_int(cfg, key)
     if cfg.threads is not None:
-        torch.set_num_threads(_positive(cfg, "threads"))
+        torch.set_num_threads(positive_int(cfg, "threads"))
     out = Path(str(cfg.out))
     result_path = str(cfg.result)
     # Fail on the output folder before any expensive work.
     check_out_dir(out.resolve(), bool(cfg.overwrite), [Path(result_path)] + ([Path(str(cfg.ckpt))] if cfg.ckpt else []))
-    if not os.path.isfile(result_path):
-        raise ExportError(f"result: no result file at {result_path!r}")
-    try:  # the checkpoint the search used, to default to it and to catch a mismatch early
-        searched_ckpt = json.loads(Path(result_path).read_text()).get("checkpoint")
-    except (ValueError, AttributeError) as e:
-        raise ExportError(f"result: {result_path!r} is not a JSON object ({e})") from e
+    res = load_result(result_path)
+    searched_ckpt = res.get("checkpoint")  # the search's checkpoint: the default, and a mismatch caught early
     ckpt = str(cfg.ckpt) if cfg.ckpt is not None else searched_ckpt
     if ckpt is None:
         raise ExportError("ckpt: not given and the result names no checkpoint; pass ckpt=PATH")
@@ -85,7 +80,7 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
                           "belong to those weights (pass allow_other_ckpt=true to export anyway)")
 
     net, meta = load_supernet(ckpt)
-    choice = read_result(result_path, net)
+    choice = read_result(result_path, net, res)
     overrides = OmegaConf.to_container(cfg.data_overrides, resolve=True) or {}
     try:
         dm = build_datamodule(meta, dict(overrides))
@@ -99,20 +94,15 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         console.print(f"export: warning: BatchNorm re-estimated on {bn_images} images in batches of {bn_batch}, the "
                       f"search used {searched_bn}; the exported model is not exactly the network it scored")
     calib = CalibrationSet(dm.calibration_dataloader(num_images=bn_images, batch_size=bn_batch))
-    mean, std = list(meta.data["mean"]), list(meta.data["std"])
-    check_list, have = [], 0
-    for x, _ in dm.val_dataloader():  # the first validation images, for the equivalence checks
-        check_list.append(to_unit(x, dm.mean, dm.std))
-        have += x.shape[0]
-        if have >= int(cfg.check_images):
-            break
-    if not check_list:
+    # The first validation images, for the equivalence checks.
+    first = next(rebatch(dm.val_dataloader(), int(cfg.check_images)), None)
+    if first is None:
         raise ExportError("data: the validation split is empty")
-    check = torch.cat(check_list)[:int(cfg.check_images)]
+    check = to_unit(first[0], dm.mean, dm.std)
     # Streamed (an ImageNet validation split does not fit in memory as floats).
     val = ((to_unit(x, dm.mean, dm.std), y) for x, y in rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
-    data = DataInfo(name=str(meta.data["name"]), cfg=dict(meta.data["cfg"]), mean=mean, std=std,
-                    class_names=[str(c) for c in meta.data["class_names"]])
+    data = DataInfo(name=str(meta.data["name"]), cfg=dict(meta.data["cfg"]), mean=list(meta.data["mean"]),
+                    std=list(meta.data["std"]), class_names=[str(c) for c in meta.data["class_names"]])
     console.print(f"export: {net.name} subnet from {result_path} ({choice.confidence} thresholds "
                   f"{[round(t, 4) for t in choice.thresholds]}) -> {out}")
     result = export_subnet(

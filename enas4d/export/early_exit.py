@@ -195,15 +195,16 @@ class EarlyExitNet(nn.Module):
             done_all = True
         else:
             done = self.confidence(logits).double() >= thr[e]  # (m,), compared in float64
-            n_done = int(done.sum())
+            sel = torch.nonzero(done)[:, 0]  # its length is the count: no separate sum() sync
+            n_done = sel.shape[0]
             if n_done == 0:
                 return idx, img, prev
             done_all = n_done == idx.shape[0]
             if not done_all:
-                sel = torch.nonzero(done)[:, 0]
                 keep = torch.nonzero(~done)[:, 0]
-                out.index_copy_(0, idx[sel], logits[sel])
-                exit_index.index_fill_(0, idx[sel], e)
+                pos = idx[sel]
+                out.index_copy_(0, pos, logits[sel])
+                exit_index.index_fill_(0, pos, e)
                 # Compact the batch: later stages see only the undecided images and their taps.
                 taps: List[Tensor] = []
                 for i in range(len(prev)):

@@ -12,11 +12,9 @@ importable function; :func:`main` the thin Hydra entry point. Settings: conf/eva
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -29,9 +27,11 @@ from rich.console import Console
 from torch import Tensor
 
 from enas4d.checkpoint import CheckpointMeta
-from enas4d.export.exporter import ExportError, is_export
+from enas4d.export.cli import positive_int
+from enas4d.export.exporter import ExportError, read_export
 from enas4d.export.metrics import Predict, exit_report, throughput, to_unit
 from enas4d.export.report import exit_table, throughput_table
+from enas4d.utils.files import write_json
 from enas4d.utils import rebatch
 
 __all__ = ["CONF_DIR", "BACKENDS", "load_model", "evaluate", "main"]
@@ -46,9 +46,9 @@ def load_model(model_dir: str | os.PathLike, backend: str,
     model_dir = os.fspath(model_dir)
     if backend not in BACKENDS:
         raise ExportError(f"backend: {backend!r} not allowed; allowed values: {list(BACKENDS)}")
-    if not is_export(model_dir):
+    meta = read_export(model_dir)
+    if meta is None:
         raise ExportError(f"model: {model_dir!r} is not an enas4d export folder (no valid subnet.json)")
-    meta = json.loads(Path(model_dir, "subnet.json").read_text())
     if backend == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the contract
@@ -102,35 +102,16 @@ def _timing_images(batches: list[Tensor], count: int) -> Tensor:
     return pool.repeat(reps, 1, 1, 1)[:count]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file in the same folder, then rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Evaluate the export folder ``cfg.model``; returns (and writes to ``cfg.out``) the metrics."""
     console = console or Console()
     for key in ("eval_batch_size", "timing_images", "timing_max_batches", "repeats"):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ExportError(f"{key}: expected an integer >= 1, got {v!r}")
+        positive_int(cfg, key)
     sizes = list(cfg.batch_sizes)
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
         raise ExportError(f"batch_sizes: expected a non-empty list of integers >= 1, got {sizes}")
-    threads = cfg.threads
+    threads = None if cfg.threads is None else positive_int(cfg, "threads")
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ExportError(f"threads: expected an integer >= 1 or null, got {threads!r}")
         torch.set_num_threads(threads)
     meta, predict = load_model(str(cfg.model), str(cfg.backend), threads)
     dm = _datamodule(cfg, meta)
@@ -185,7 +166,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     ratios = ", ".join(f"batch {r['batch_size']}: {r['ratio']:.2f}" for r in rows)
     console.print(f"evaluate: wall-clock speed-up / MACs reduction = {ratios} (target >= {target})")
     out = Path(str(cfg.out))
-    _write_json_atomic(out, metrics)
+    write_json(out, metrics)  # atomic: never a half-written metrics.json
     console.print(f"evaluate: wrote {out}")
     return metrics
 

@@ -39,6 +39,7 @@ from enas4d.export.report import pct
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
 from enas4d.search.budget import format_macs
+from enas4d.utils.files import write_json
 from enas4d.space import InvalidSubnetError, Subnet
 
 EXPORT_FORMAT = "enas4d-export"  # marker in subnet.json: this folder is an enas4d export
@@ -73,7 +74,6 @@ class SearchChoice:
     thresholds: list[float]  # one per enabled exit; the last is 0.0 (always accepts)
     confidence: str  # confidence measure the thresholds apply to
     info: dict[str, Any]  # search numbers worth keeping (val_accuracy, expected_macs, budget, ...)
-    checkpoint: str | None  # the checkpoint the search used, as written in the result
 
 
 # ------------------------------------------------------------------------------- result.json
@@ -100,8 +100,8 @@ def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
     return nums[:-1] + [0.0]
 
 
-def read_result(path: str | os.PathLike, net: MultiStageSupernet) -> SearchChoice:
-    """Read a search ``result.json`` and check it belongs to ``net``'s supernet and search space."""
+def load_result(path: str | os.PathLike) -> dict[str, Any]:
+    """The content of a search ``result.json`` (a JSON object with at least subnet and thresholds)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"result: no result file at {path!r}")
@@ -113,6 +113,17 @@ def read_result(path: str | os.PathLike, net: MultiStageSupernet) -> SearchChoic
     if not isinstance(res, dict) or not {"subnet", "thresholds"} <= set(res):
         got = sorted(res) if isinstance(res, dict) else type(res).__name__
         raise ExportError(f"result: {path!r} needs the keys ['subnet', 'thresholds'], got {got}")
+    return res
+
+
+def read_result(path: str | os.PathLike, net: MultiStageSupernet, res: dict[str, Any] | None = None) -> SearchChoice:
+    """Read a search ``result.json`` and check it belongs to ``net``'s supernet and search space.
+
+    ``res``: the file's content when already read by :func:`load_result` (the file is not read again).
+    """
+    path = os.fspath(path)
+    if res is None:
+        res = load_result(path)
     sn = res.get("supernet")  # optional: searchers may record what they searched
     if isinstance(sn, dict) and "name" in sn and (sn["name"], sn.get("num_stages", net.num_stages)) != \
             (net.name, net.num_stages):
@@ -138,17 +149,22 @@ def read_result(path: str | os.PathLike, net: MultiStageSupernet) -> SearchChoic
                           f"{list(CONFIDENCES)}")
     keep = ("val_accuracy", "expected_macs", "budget", "exit_rates", "exit_macs", "num_val_images", "bn")
     return SearchChoice(subnet, exit_thresholds(subnet, res["thresholds"]), str(res["confidence"]),
-                        {k: res[k] for k in keep if k in res}, res.get("checkpoint"))
+                        {k: res[k] for k in keep if k in res})
 
 
 # ----------------------------------------------------------------------------- output folder
+def read_export(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``subnet.json``'s content if ``path`` is a folder written by :func:`export_subnet`, else None."""
+    try:
+        meta = json.loads((Path(path) / "subnet.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT else None
+
+
 def is_export(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by :func:`export_subnet`."""
-    meta = Path(path) / "subnet.json"
-    try:
-        return json.loads(meta.read_text()).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return read_export(path) is not None
 
 
 def check_out_dir(out: Path, overwrite: bool, protect: Iterable[Path] = ()) -> None:
@@ -298,10 +314,6 @@ def model_card(meta: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ export
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
 @torch.no_grad()
 def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float], out: str | os.PathLike, *,
                   confidence: str, data: DataInfo, calib_batches: Iterable[Any],
@@ -430,7 +442,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
             "created": _dt.datetime.now().isoformat(timespec="seconds"),
         }
         (tmp / "README.md").write_text(model_card(meta))
-        _write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
+        write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
         _commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,6 +10,7 @@ is the thin Hydra entry point. Settings: conf/search.yaml.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -33,7 +34,8 @@ from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, 
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
 from enas4d.search.evolution import EvolutionConfig, Scored, run_search
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
-from enas4d.search.report import plot_pareto, print_summary, write_json, write_pareto_csv
+from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
+from enas4d.utils.files import write_json
 from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
 from enas4d.training.calibration import CalibrationSet
 from enas4d.utils import rebatch
@@ -49,20 +51,20 @@ SPLIT_KEYS = frozenset({"seed", "val_fraction", "val_size", "use_val_folder", "v
 class DynamicProblem:
     """Early-exit subnets: fitness = accuracy of the best threshold policy within the budget."""
 
-    def __init__(self, net: MultiStageSupernet, evaluator: CandidateEvaluator, budget: float, grid: int | None):
-        self.net, self.evaluator, self.budget, self.grid = net, evaluator, budget, grid
-        self.elastic = net.space.elastic_exits
+    def __init__(self, evaluator: CandidateEvaluator, budget: float, grid: int | None):
+        self.evaluator, self.budget, self.grid = evaluator, budget, grid
+        self.elastic = evaluator.net.space.elastic_exits
         self.policies: dict[str, Policy] = {}
 
     def feasible(self, arch: Subnet) -> bool:
         """Some policy fits: every image leaving at the first exit is within budget."""
-        return min_cost(*self.net.stage_macs(arch.with_all_exits())) <= self.budget
+        return min_cost(*self.evaluator.stage_macs(arch)) <= self.budget
 
     def policy(self, arch: Subnet) -> Policy:
         """The calibrated policy of ``arch`` (from its cached validation pass)."""
         key = CandidateEvaluator.key(arch)
         if key not in self.policies:
-            body, heads = self.net.stage_macs(arch.with_all_exits())
+            body, heads = self.evaluator.stage_macs(arch)
             pol = calibrate(self.evaluator.table(arch), body, heads, self.budget, self.elastic, self.grid)
             if pol is None:
                 raise SearchError(f"search: no policy of {key} fits the budget although it was deemed feasible")
@@ -78,12 +80,12 @@ class DynamicProblem:
 class StaticProblem:
     """Single-exit subnets (only the last exit): fitness = its accuracy, cost = its MACs."""
 
-    def __init__(self, net: MultiStageSupernet, evaluator: CandidateEvaluator, budget: float):
-        self.net, self.evaluator, self.budget = net, evaluator, budget
+    def __init__(self, evaluator: CandidateEvaluator, budget: float):
+        self.evaluator, self.budget = evaluator, budget
 
     def cost(self, arch: Subnet) -> int:
         """MACs per image of ``arch`` with only its last exit."""
-        body, heads = self.net.stage_macs(arch.with_all_exits())
+        body, heads = self.evaluator.stage_macs(arch)
         return exit_costs(body, heads, (False,) * (len(body) - 1) + (True,))[-1]
 
     def feasible(self, arch: Subnet) -> bool:
@@ -264,7 +266,7 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
             s = Scored(largest, *dyn.score(largest), step=0)
             bar.update(s)
             return [s], [Scored(largest, *sta.score(largest), step=0)]
-        rank = _make_rank(space, dyn, st.evaluator, cfg.predictor, int(cfg.seed)) if cfg.predictor.enabled else None
+        rank = _make_rank(dyn, cfg.predictor, int(cfg.seed)) if cfg.predictor.enabled else None
         dynamic = _tracked_search(space, dyn, _evolution_config(cfg, int(cfg.evaluations)), "dynamic", bar,
                                   console, rank, int(cfg.predictor.screen_factor))
         static: list[Scored] = []
@@ -302,7 +304,7 @@ def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
     """
     dyn_rows: list[tuple[float, float, Subnet]] = []
     for a, pol in dyn_all:
-        body, heads = st.net.stage_macs(a)
+        body, heads = st.evaluator.stage_macs(a)
         curve, curve_exits = tradeoff(st.evaluator.table(a), body, heads, st.net.space.elastic_exits,
                                       int(cfg.front_levels))
         dyn_rows += [(float(m), float(acc), _apply_exits(a, e)) for (m, acc), e in zip(curve, curve_exits)]
@@ -323,8 +325,8 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     st = _prepare(cfg, console)
     net, space, budget, evaluator = st.net, st.net.space, st.budget, st.evaluator
     grid = None if cfg.calibration_grid is None else int(cfg.calibration_grid)
-    dyn = DynamicProblem(net, evaluator, budget, grid)
-    sta = StaticProblem(net, evaluator, budget)
+    dyn = DynamicProblem(evaluator, budget, grid)
+    sta = StaticProblem(evaluator, budget)
     dynamic_scored, static_scored = _run_searches(cfg, st, dyn, sta, console)
 
     # Every architecture scored in this run counts for both kinds (its pass gives both numbers).
@@ -348,7 +350,7 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
             report = {"kendall_tau": rep.kendall_tau, "n_train": rep.n_train, "n_test": rep.n_test,
                       "used_for_screening": bool(pc.enabled)}
 
-    body, heads = net.stage_macs(best_arch.with_all_exits())
+    body, heads = evaluator.stage_macs(best_arch)
     held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, int(cfg.seed))
     enabled = [k for k, on in enumerate(policy.exits) if on]
     result = {
@@ -396,17 +398,20 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
 
 def _apply_exits(arch: Subnet, exits: tuple[bool, ...]) -> Subnet:
     """``arch`` with the policy's exit set."""
-    return Subnet(arch.resolution, arch.width, arch.kernel, arch.depth, arch.expand, tuple(exits))
+    return dataclasses.replace(arch, exits=tuple(exits))
 
 
-def _make_rank(space: SearchSpace, dyn: DynamicProblem, evaluator: CandidateEvaluator, pcfg: DictConfig,
-               seed: int):
+def _make_rank(dyn: DynamicProblem, pcfg: DictConfig, seed: int):
     """Predictor-based ranking of children: fitted on every cached architecture (scored at this budget)."""
+    space = dyn.evaluator.net.space
+    parsed: dict[str, Subnet] = {}  # cache key -> architecture, parsed once across generations
 
     def rank(archs: list[Subnet]) -> np.ndarray:
         train = []
-        for key in evaluator.cached_keys():
-            a = space.from_dict(json.loads(key))
+        for key in dyn.evaluator.cached_keys():
+            if key not in parsed:
+                parsed[key] = space.from_dict(json.loads(key))
+            a = parsed[key]
             if dyn.feasible(a):
                 train.append((a, dyn.score(a)[0]))
         if len(train) < int(pcfg.min_train):

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from enas4d.models import MultiStageSupernet
 from enas4d.search.calibrate import ExitTable, confidence
-from enas4d.search.report import write_atomic
+from enas4d.utils.files import write_atomic
 from enas4d.space import Subnet
 from enas4d.training.calibration import CalibrationSet
 
@@ -181,6 +181,7 @@ class CandidateEvaluator:
         if cache is not None and not np.array_equal(cache.labels, self.labels):
             raise SearchError(f"search cache: {cache.path} was made with other validation labels")
         self._memory: dict[str, CacheRecord] = {}
+        self._macs: dict[Subnet, tuple[list[int], list[int]]] = {}
         self.hits = 0  # evaluations answered from the cache
         self.misses = 0  # evaluations that ran the network
         self.network_seconds = 0.0
@@ -189,6 +190,15 @@ class CandidateEvaluator:
     def key(arch: Subnet) -> str:
         """Cache key of an architecture: its JSON with every exit enabled."""
         return arch.with_all_exits().to_json()
+
+    def stage_macs(self, arch: Subnet) -> tuple[list[int], list[int]]:
+        """``net.stage_macs(arch)`` (body and head MACs), computed once per architecture (exits do not
+        change it; the lists are shared, not to be modified). The search asks for them many times per
+        architecture (feasibility, scoring, fronts)."""
+        s = arch.with_all_exits()
+        if s not in self._macs:
+            self._macs[s] = self.net.stage_macs(s)
+        return self._macs[s]
 
     def is_cached(self, arch: Subnet) -> bool:
         """Would evaluating ``arch`` be free?"""

@@ -81,13 +81,9 @@ class Problem(Protocol):
 
 
 def _set_gene(s: Subnet, field: str, k: int, g: int, value: object) -> Subnet:
-    """``s`` with one gene changed (public fields only)."""
+    """``s`` with one architecture gene (resolution or a grid cell; not an exit) changed."""
     if field == "resolution":
         return dataclasses.replace(s, resolution=int(value))
-    if field == "exits":
-        ex = list(s.exits)
-        ex[k] = bool(value)
-        return dataclasses.replace(s, exits=tuple(ex))
     grid = [list(row) for row in getattr(s, field)]
     grid[k][g] = int(value)
     return dataclasses.replace(s, **{field: tuple(tuple(row) for row in grid)})
@@ -147,8 +143,10 @@ def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
             gen = make_generator(cfg.seed, cfg.stream, *keys, len(order), attempt)
             fix = make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, *keys, len(order), attempt)
             arch = repair(space, propose(gen), problem.feasible, fix)
-            if arch is not None and arch.with_all_exits().to_json() not in seen:
-                return arch.with_all_exits()
+            if arch is not None:
+                arch = arch.with_all_exits()
+                if arch.to_json() not in seen:
+                    return arch
         return None
 
     target = cfg.evaluations

@@ -1,13 +1,10 @@
-"""Search outputs: result.json, pareto.csv, pareto.png and the final rich table (all written atomically)."""
+"""Search outputs: pareto.csv, pareto.png and the final rich table (files written atomically)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,38 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from enas4d.search.budget import format_macs
+from enas4d.utils.files import write_atomic
 
-__all__ = ["write_atomic", "write_json", "write_pareto_csv", "plot_pareto", "print_summary"]
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic, pretty JSON (NaN/inf rejected: the file must be standard JSON)."""
-    write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+__all__ = ["write_pareto_csv", "plot_pareto", "print_summary"]
 
 
 def write_pareto_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -62,7 +62,10 @@ class StepTrace(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """Append this step's record."""
-        record = dict(pl_module.last_step or {})
+        last = pl_module.last_step
+        record = {"step": last["step"], "epoch": last["epoch"], "batch_idx": last["batch_idx"],
+                  "subnets": [s.to_json() for s in last["subnets"]], "loss": float(last["loss"]),
+                  "losses": [float(v) for v in last["losses"]]}
         with torch.no_grad():
             record["param_sum"] = float(sum(p.detach().double().sum() for p in pl_module.parameters()))
         record["lr"] = [g["lr"] for g in trainer.optimizers[0].param_groups]

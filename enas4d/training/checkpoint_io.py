@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from enas4d.utils.files import atomic_target
 
 __all__ = ["AtomicCheckpointIO"]
 
@@ -15,20 +15,11 @@ __all__ = ["AtomicCheckpointIO"]
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, writing to a temporary file in the target folder, then renaming.
 
-    A run killed while ``last.ckpt`` is being rewritten keeps the previous ``last.ckpt`` whole
-    (``os.replace`` is atomic on POSIX and Windows within one file system), so it can still resume.
+    A run killed while ``last.ckpt`` is being rewritten keeps the previous ``last.ckpt`` whole, so it
+    can still resume.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_target(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise

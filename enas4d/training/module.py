@@ -45,7 +45,6 @@ from enas4d.training.sampling import SandwichSampler, middle_subnet
 __all__ = ["SupernetModule", "check_meta_compatible"]
 
 SAMPLER_CKPT_KEY = "enas4d_sampler"  # checkpoint entry holding SandwichSampler.state_dict()
-VAL_SUBNETS = ("min", "mid", "max")
 
 
 def check_meta_compatible(meta: dict[str, Any], net: MultiStageSupernet, num_data_classes: int,
@@ -128,7 +127,7 @@ class SupernetModule(pl.LightningModule):
                                                "max": space.largest()}
         self.val_acc = torch.nn.ModuleDict({
             f"{name}_exit{k + 1}": MulticlassAccuracy(net.num_classes, average="micro")
-            for name in VAL_SUBNETS for k in range(K)})
+            for name in self.val_subnets for k in range(K)})
         self._calibration: CalibrationSet | None = None
         self._val_bn: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.last_step: dict[str, Any] | None = None  # what the last training step did (for callbacks)
@@ -197,9 +196,11 @@ class SupernetModule(pl.LightningModule):
         # on_step only: epoch-level aggregation under DDP would add a collective per logged value.
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False)
         self.log("loss", total, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        # Tensors and Subnets as they are: converting here (float() syncs the device) would cost
+        # every step, whether or not a callback reads them.
         self.last_step = {"step": step, "epoch": self.current_epoch, "batch_idx": batch_idx,
-                          "subnets": [s.to_json() for s in subnets], "loss": float(total),
-                          "losses": [float(v) for v in losses]}
+                          "subnets": subnets, "loss": total.detach(),
+                          "losses": [v.detach() for v in losses]}
         return total
 
     # -------------------------------------------------------------- validation
@@ -235,12 +236,12 @@ class SupernetModule(pl.LightningModule):
         """Log ``val/{min,mid,max}/exit{k}`` and ``val/acc`` (mean last-exit accuracy of the three)."""
         K = self.net.num_stages
         values: dict[str, Tensor] = {}
-        for name in VAL_SUBNETS:
+        for name in self.val_subnets:
             for k in range(K):
                 metric = self.val_acc[f"{name}_exit{k + 1}"]
                 values[f"val/{name}/exit{k + 1}"] = metric.compute()  # synchronised across DDP ranks
                 metric.reset()
-        values["val/acc"] = torch.stack([values[f"val/{n}/exit{K}"] for n in VAL_SUBNETS]).mean()
+        values["val/acc"] = torch.stack([values[f"val/{n}/exit{K}"] for n in self.val_subnets]).mean()
         # The values are already global; sync_dist only silences Lightning's DDP warning.
         self.log_dict(values, sync_dist=True)
         self._val_bn = {}

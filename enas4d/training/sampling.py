@@ -96,6 +96,7 @@ class SandwichSampler:
             raise ValueError(f"module.n_random={n_random} not allowed; allowed values: integers >= 0")
         self.space, self.n_random, self.seed = space, int(n_random), int(seed)
         self.phases = _parse_schedule(shrinking)
+        self._largest, self._smallest = space.largest(), space.smallest()  # fixed: not rebuilt per step
 
     def elastic(self, progress: float) -> tuple[str, ...]:
         """Elastic dimensions at ``progress`` (fraction of training done, in [0, 1])."""
@@ -109,10 +110,10 @@ class SandwichSampler:
         """Subnets of optimizer step ``step``: ``[largest, smallest, random_1..n]``, all exits on."""
         elastic = self.elastic(progress)
         gen = make_generator(self.seed, _SAMPLER_KEY, step)
-        out = [self.space.largest(), restrict(self.space, self.space.smallest(), elastic)]
-        for _ in range(self.n_random):
-            out.append(restrict(self.space, self.space.sample(gen), elastic))
-        return [s.with_all_exits() for s in out]
+        varied = [self._smallest, *(self.space.sample(gen) for _ in range(self.n_random))]
+        if set(elastic) != set(ELASTIC_DIMS):
+            varied = [restrict(self.space, s, elastic) for s in varied]
+        return [s.with_all_exits() for s in (self._largest, *varied)]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the draws depend on (stored in checkpoints to check a resume)."""

@@ -117,10 +117,10 @@ def test_bn_settings_default_to_the_searchs(exp, tmp_path):
     out = tmp_path / "export"
     meta = export(compose_cfg("export", f"result={result}", f"out={out}", "onnx=false"), quiet())
     assert meta["validation"] == exp["meta"]["validation"]
-    with pytest.raises(AssertionError):  # the check can fail: other BN statistics give other exits/logits
-        other = export(compose_cfg("export", f"result={result}", f"out={tmp_path / 'other'}", "onnx=false",
-                                   "bn.images=24", "bn.batch_size=8"), quiet())
-        assert other["validation"] == exp["meta"]["validation"]
+    # The check can fail: other BN statistics give other exits/logits.
+    other = export(compose_cfg("export", f"result={result}", f"out={tmp_path / 'other'}", "onnx=false",
+                               "bn.images=24", "bn.batch_size=8"), quiet())
+    assert other["validation"] != exp["meta"]["validation"]
 
 
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from enas4d.export.early_exit import Confidence, EarlyExitNet, build_early_exit
+from enas4d.export.early_exit import CONFIDENCES, Confidence, EarlyExitNet, build_early_exit
 from enas4d.export.exporter import count_stage_macs
 from enas4d.models import static as st
 from enas4d.nn.layers import MSBatchNorm2d, MSConv2d
+from enas4d.search import calibrate
 from enas4d.search.calibrate import confidence
 
 from .helpers import MEAN, STD, calibrated, normalise, simulate, split_thresholds
@@ -158,11 +159,12 @@ def test_bad_input_is_refused_clearly(small):
 
 
 def test_confidence_measures_match_the_search():
+    assert CONFIDENCES == calibrate.CONFIDENCES  # the standalone copy offers exactly the search's measures
     logits = torch.randn(64, 10) * 3
-    for measure in ("max_softmax", "margin", "entropy"):
+    for measure in CONFIDENCES:
         assert torch.equal(Confidence(measure, 10)(logits), confidence(logits, measure)[1])
     one = torch.randn(5, 1)
-    for measure in ("max_softmax", "margin", "entropy"):
+    for measure in CONFIDENCES:
         assert torch.equal(Confidence(measure, 1)(one), confidence(one, measure)[1])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -65,7 +66,8 @@ def test_evaluator_matches_direct_forward_and_caches(tmp_path):
     calib = CalibrationSet([torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8)])
     val = [(x[:10], y[:10]), (x[10:], y[10:])]
     path = tmp_path / "c.jsonl"
-    arch = net.space.sample(torch.Generator().manual_seed(1))
+    # An exit disabled, so that the key's independence of exits below is really exercised.
+    arch = dataclasses.replace(net.space.sample(torch.Generator().manual_seed(1)), exits=(False, True))
     ev = CandidateEvaluator(net, calib, val, "max_softmax", EvalCache(path, FP, y.numpy()))
     table = ev.table(arch)
     assert (ev.misses, ev.hits) == (1, 0) and table.correct.shape == (2, 24)
@@ -82,6 +84,9 @@ def test_evaluator_matches_direct_forward_and_caches(tmp_path):
 
     ev.table(arch.with_all_exits())  # exits do not change the key
     assert (ev.misses, ev.hits) == (1, 1)
+    # MACs: those of the supernet, computed once per architecture whatever its exits.
+    assert ev.stage_macs(arch) == net.stage_macs(arch.with_all_exits())
+    assert ev.stage_macs(arch) is ev.stage_macs(arch.with_all_exits())
     ev2 = CandidateEvaluator(net, calib, val, "max_softmax", EvalCache(path, FP, y.numpy()))
     assert ev2.is_cached(arch)
     assert np.array_equal(ev2.table(arch).conf, table.conf) and ev2.misses == 0

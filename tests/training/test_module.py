@@ -12,6 +12,7 @@ import torch
 import enas4d
 from enas4d.checkpoint import CheckpointError, load_supernet, make_meta, read_checkpoint
 from enas4d.data import DigitsDataModule, create_datamodule
+from enas4d.train import summary_rows
 from enas4d.training import CalibrationSet, SupernetModule, check_meta_compatible, evaluate_exits
 from enas4d.training.module import SAMPLER_CKPT_KEY
 from enas4d.training.optim import cosine_schedule
@@ -77,6 +78,17 @@ def test_validation_logs_each_exit_after_calibration(fitted):
         assert accs == pytest.approx([float(metrics[f"val/{name}/exit{k}"]) for k in (1, 2)])
     expected = sum(float(metrics[f"val/{n}/exit2"]) for n in ("min", "mid", "max")) / 3
     assert float(metrics["val/acc"]) == pytest.approx(expected)
+
+
+def test_summary_rows_pair_macs_with_logged_accuracy(fitted):
+    module, metrics = fitted["module"], fitted["trainer"].callback_metrics
+    rows = summary_rows(module, {k: float(v) for k, v in metrics.items()})
+    assert [(name, k) for name, k, _, _ in rows] == [(n, k) for n in ("min", "mid", "max") for k in (1, 2)]
+    for name, k, macs, acc in rows:
+        assert macs == module.net.macs(module.val_subnets[name])[k - 1]
+        assert acc == pytest.approx(float(metrics[f"val/{name}/exit{k}"]))
+    macs = {name: m for name, k, m, _ in rows if k == 2}
+    assert macs["min"] < macs["mid"] < macs["max"]
 
 
 def test_checkpoint_rebuilds_supernet_and_data(fitted):

@@ -32,8 +32,8 @@ def test_draws_depend_only_on_seed_and_step(space):
 
 
 def test_restrict_keeps_fixed_dims_at_largest(space):
-    largest = space.largest()
-    s = SandwichSampler(space, 1, seed=0).sample(3)[2]
+    largest, s = space.largest(), space.smallest()
+    assert all(getattr(s, d) != getattr(largest, d) for d in ELASTIC_DIMS)  # every check below can fail
     r = restrict(space, s, ("kernel",))
     assert r.kernel == s.kernel
     for dim in ("resolution", "width", "depth", "expand"):
