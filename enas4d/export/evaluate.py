@@ -131,7 +131,10 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
                 n_kept += kept[-1].shape[0]
             yield x, y
 
-    report = exit_report(predict, batches(), exit_macs)
+    try:
+        report = exit_report(predict, batches(), exit_macs)
+    except ValueError as e:  # an empty split: a one-line error, not a traceback
+        raise ExportError(f"data: the validation split is empty; enas4d-evaluate needs images ({e})") from e
     rows = []
     for bs in sizes:
         count = max(bs, min(int(cfg.timing_images), int(cfg.timing_max_batches) * bs))

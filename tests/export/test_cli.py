@@ -149,6 +149,16 @@ def test_evaluate_on_a_data_config(exp, tmp_path):
     assert m["data"]["num_images"] == 180 and sum(m["exit_histogram"]) == 180  # 10% of 1,797 digits
 
 
+def test_evaluate_on_an_empty_split_is_one_clear_error(exp, tmp_path, monkeypatch):
+    from enas4d.data.digits import DigitsDataModule
+    monkeypatch.setattr(DigitsDataModule, "val_dataloader", lambda self: iter(()))
+    cfg = compose_cfg("evaluate", f"model={exp['out']}", "data=digits", "data.image_size=8",
+                      f"out={tmp_path / 'm.json'}", "batch_sizes=[4]", "timing_images=8", "repeats=1")
+    with pytest.raises(ExportError, match="validation split is empty"):
+        evaluate(cfg, quiet())
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_overwrite_replaces_an_earlier_export_only_when_asked(exp, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(exp["out"], out)
