@@ -39,15 +39,9 @@ class BlockPlan:
     shortcut: ConvPlan | None  # projection shortcut
     res_idx: Tensor | None  # compact channels of x the residual adds to (None: all, or no residual)
 
-    def to(self, device: torch.device) -> "BlockPlan":
-        """The same plan on ``device``."""
-        return BlockPlan([c.to(device) for c in self.convs],
-                         None if self.shortcut is None else self.shortcut.to(device),
-                         None if self.res_idx is None else self.res_idx.to(device))
 
-
-def _residual_index(cfg: BlockCfg) -> Tensor | None:
-    """Compact input channels of the computed slices (None when every slice is computed)."""
+def _residual_index(cfg: BlockCfg, device: torch.device) -> Tensor | None:
+    """Compact input channels of the computed slices (None when every slice is computed), on ``device``."""
     if all(cfg.active):
         return None
     idx, start = [], 0
@@ -55,7 +49,7 @@ def _residual_index(cfg: BlockCfg) -> Tensor | None:
         if on:
             idx.extend(range(start, start + a))
         start += a
-    return torch.tensor(idx, dtype=torch.long)
+    return torch.tensor(idx, dtype=torch.long, device=device)
 
 
 def _out_hw(hw: int, stride: int) -> int:
@@ -84,12 +78,12 @@ class MSBlock(nn.Module):
         raise NotImplementedError
 
     def plan(self, cfg: BlockCfg) -> BlockPlan:
-        """Plans of every conv for this cfg."""
+        """Plans of every conv for this cfg, built on the block's device."""
         convs = [conv.plan(i, o, r) for conv, (i, o, r) in zip(self.convs, self._conv_shapes(cfg))]
         sc = None
         if self.sc_conv is not None:
             sc = self.sc_conv.plan(cfg.a, cfg.o, (1,) * len(cfg.o))
-        res = _residual_index(cfg) if self.identity_residual else None
+        res = _residual_index(cfg, self.convs[0].weight.device) if self.identity_residual else None
         return BlockPlan(convs, sc, res)
 
     def forward(self, x: Tensor, p: BlockPlan) -> Tensor:

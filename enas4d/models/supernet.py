@@ -8,8 +8,9 @@ includes the input resolution, so resolution is applied inside the model, never 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,20 @@ class NetSpec:
     head_conv: int | None = None  # 1x1 conv channels of every exit head before pooling
     head_hidden: int | None = None  # hidden linear layer of every exit head after pooling
     head_act: str = "relu"  # activation inside the heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in checkpoints, so a transformed supernet can be rebuilt)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NetSpec":
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["groups"] = tuple(GroupSpec(**g) for g in d["groups"])
+        for key in ("width_mults", "kernels", "depths", "expands", "resolutions"):
+            if d[key] is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
 
 
 def split_width(total: int, k: int) -> tuple[int, ...]:
@@ -88,12 +103,6 @@ class NetPlan:
     stem: ConvPlan
     blocks: list[BlockPlan | None] = field(default_factory=list)  # None: no slice runs the block
     heads: list[HeadPlan] = field(default_factory=list)
-
-    def to(self, device: torch.device) -> "NetPlan":
-        """The same plan on ``device``."""
-        return NetPlan(self.subnet, self.stem.to(device),
-                       [None if b is None else b.to(device) for b in self.blocks],
-                       [HeadPlan(h.n_in, None if h.cols is None else h.cols.to(device)) for h in self.heads])
 
 
 class ExitHead(nn.Module):
@@ -259,6 +268,13 @@ class MultiStageSupernet(nn.Module):
                                                                             device=self.stem.weight.device)))
         self._plan = NetPlan(s, stem, blocks, heads)
 
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
+        """Move/cast parameters (``.to``, ``.cuda``, ...), then rebuild the plan on the new device."""
+        out = super()._apply(fn, recurse)
+        if self._plan is not None:
+            self.set_subnet(self._plan.subnet)
+        return out
+
     @property
     def subnet(self) -> Subnet:
         """The active subnet."""
@@ -286,10 +302,7 @@ class MultiStageSupernet(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """(N, C, H, W) -> logits of every enabled exit of the active subnet, each (N, classes)."""
         self.check_input(x)
-        p = self._plan
-        if p.stem.mask is not None and p.stem.mask.device != x.device or \
-                p.stem.out_idx is not None and p.stem.out_idx.device != x.device:
-            p = p.to(x.device)  # the module was moved after set_subnet
+        p = self._plan  # built on the module's device by set_subnet (and again by _apply on a move)
         r = p.subnet.resolution
         if x.shape[-1] != r or x.shape[-2] != r:
             x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)

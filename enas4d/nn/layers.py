@@ -50,11 +50,6 @@ class ConvPlan:
     kernel: int  # kernel side of the fused conv (max over active slices)
     mask: Tensor | None  # (O, I|1, r, r) 0/1 causal + kernel-ring mask, None = all ones
 
-    def to(self, device: torch.device) -> "ConvPlan":
-        """The same plan with its tensors on ``device``."""
-        mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return ConvPlan(mv(self.out_idx), mv(self.in_idx), self.kernel, mv(self.mask))
-
 
 def _ring_mask(r: int, r_k: int) -> Tensor:
     """(r, r) mask keeping the centred r_k x r_k window."""

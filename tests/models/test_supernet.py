@@ -175,3 +175,26 @@ def test_training_mode_backward_reaches_only_active_weights():
     # Inactive hidden channels (beyond expand * width) get no gradient.
     assert (w.grad.abs().sum((1, 2, 3)) > 0).sum() < w.shape[0]
     del used
+
+
+@pytest.mark.parametrize("name", ["resnet_cifar", "mbv3_cifar"])
+def test_plans_live_on_the_model_device(name):
+    """A model moved to another device (meta: no data, same device checks as CUDA) runs every subnet,
+    including those whose slices end at different depths (index_add over part of the channels)."""
+    from enas4d.training.losses import multi_exit_loss
+
+    net = enas4d.create_supernet(name, num_classes=10, num_stages=3).to("meta")
+    gen = torch.Generator().manual_seed(3)
+    subnets = [net.space.largest(), net.space.smallest()] + [net.space.sample(gen) for _ in range(4)]
+    assert any(len({row[g] for row in s.depth}) > 1 for s in subnets for g in range(net.space.num_groups))
+    x, y = torch.rand(2, 3, 32, 32, device="meta"), torch.zeros(2, dtype=torch.long, device="meta")
+    for s in subnets:
+        net.set_subnet(s)
+        plan = net._plan
+        tensors = [t for bp in plan.blocks if bp is not None for t in [bp.res_idx, *(c.mask for c in bp.convs)]
+                   if t is not None]
+        assert all(t.device.type == "meta" for t in tensors)
+        logits = net(x)
+        loss, _ = multi_exit_loss(logits, y, [1.0] * len(logits), 0.1)
+        loss.backward()
+        assert logits[-1].device.type == "meta"
