@@ -5,7 +5,8 @@ Lightning's own keys, ``ckpt["enas4d"]``::
 
     {
       "format_version": 1,
-      "supernet": {"name": str, "num_classes": int, "num_stages": int, "in_chans": int},
+      "supernet": {"name": str, "num_classes": int, "num_stages": int, "in_chans": int,
+                   "spec": NetSpec.to_dict() (optional: older checkpoints rebuild by name)},
       "space": SearchSpace.to_config(),
       "data": {"name": str, "cfg": dict, "mean": [float], "std": [float],
                "class_names": [str], "image_size": int},
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from enas4d.models import MultiStageSupernet, create_supernet
+from enas4d.models import MultiStageSupernet, NetSpec, create_supernet
 from enas4d.space import SearchSpace
 
 FORMAT_VERSION = 1
@@ -51,7 +52,7 @@ def make_meta(net: MultiStageSupernet, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "supernet": {"name": net.name, "num_classes": net.num_classes, "num_stages": net.num_stages,
-                     "in_chans": net.in_chans},
+                     "in_chans": net.in_chans, "spec": net.spec.to_dict()},
         "space": net.space.to_config(),
         "data": dict(data),
     }
@@ -81,12 +82,21 @@ def supernet_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(STATE_PREFIX):]: v for k, v in sd.items() if k.startswith(STATE_PREFIX)}
 
 
+def build_supernet(sn: dict[str, Any]) -> MultiStageSupernet:
+    """The (untrained) supernet a checkpoint's ``supernet`` entry describes: from its stored
+    NetSpec when there is one (transformed supernets have no registered name), else by name."""
+    if sn.get("spec") is not None:
+        return MultiStageSupernet(NetSpec.from_dict(sn["spec"]), sn["num_classes"], sn["num_stages"],
+                                  sn["in_chans"], name=sn["name"])
+    return create_supernet(sn["name"], num_classes=sn["num_classes"], num_stages=sn["num_stages"],
+                           in_chans=sn["in_chans"])
+
+
 def load_supernet(path: str | os.PathLike) -> tuple[MultiStageSupernet, CheckpointMeta]:
     """Rebuild the supernet of a checkpoint, with its weights, in eval mode on CPU."""
     ckpt, meta = read_checkpoint(path)
     sn = meta.supernet
-    net = create_supernet(sn["name"], num_classes=sn["num_classes"], num_stages=sn["num_stages"],
-                          in_chans=sn["in_chans"])
+    net = build_supernet(sn)
     if net.space != SearchSpace.from_config(meta.space):
         raise CheckpointError(f"ckpt: the search space stored in {os.fspath(path)!r} differs from "
                               f"supernet {sn['name']!r}'s space in this version of enas4d")

@@ -83,12 +83,19 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)  # the supernet's initial weights
         dm = hydra.utils.instantiate(cfg.data)
         dm.setup("fit")
-        net: MultiStageSupernet = create_supernet(cfg.supernet.name, num_classes=dm.num_classes,
-                                                  num_stages=cfg.supernet.num_stages, in_chans=dm.in_chans)
+        teacher_net: MultiStageSupernet | None = None
+        if cfg.supernet.name == "from_static":  # S2DNAS: split a trained static network (conf/supernet/from_static.yaml)
+            from enas4d.transform.sources import transformed_from_config
+
+            net, teacher_net = transformed_from_config(cfg.supernet, dm.num_classes, dm.in_chans)
+        else:
+            net = create_supernet(cfg.supernet.name, num_classes=dm.num_classes,
+                                  num_stages=cfg.supernet.num_stages, in_chans=dm.in_chans)
         if cfg.ckpt_path is not None:
             ckpt, _ = read_checkpoint(cfg.ckpt_path)
             check_meta_compatible(ckpt["enas4d"], net, dm.num_classes, repr(str(cfg.ckpt_path)))
-        module: SupernetModule = hydra.utils.instantiate(cfg.module, net=net, data_meta=data_meta(dm, cfg.data))
+        module: SupernetModule = hydra.utils.instantiate(cfg.module, net=net, data_meta=data_meta(dm, cfg.data),
+                                                         teacher_net=teacher_net)
         callbacks = _instantiate_dict(cfg.callbacks)
         loggers = _instantiate_dict(cfg.logger)
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=none)
@@ -143,7 +150,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         _save_config(cfg, Path(cfg.paths.output_dir) / "config.yaml")
     log.info("run folder: %s", cfg.paths.output_dir)
-    trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
+    except CheckpointError as e:  # a checkpoint this run cannot continue (found while restoring it)
+        raise TrainSetupError(str(e).replace("\n", " ")) from e
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.summary and trainer.is_global_zero:
         _print_summary(objects["module"], metrics)

@@ -18,7 +18,8 @@ only once" check). The cost is memory: the graphs of all sampled subnets are ali
 
 Validation evaluates the smallest, a middle and the largest subnet, each after BatchNorm
 re-estimation on the datamodule's fixed calibration subset, and logs every exit's accuracy as
-``val/{min,mid,max}/exit{k}``; ``val/acc`` is the mean last-exit accuracy of the three.
+``val/{min,mid,max}/exit{k}``; ``val/acc`` is the mean last-exit accuracy of the three (of the distinct
+ones: a one-architecture space, a static network, validates only ``max``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from enas4d.models.supernet import MultiStageSupernet
 from enas4d.space import SearchSpace, Subnet
 from enas4d.training.calibration import CalibrationSet, bn_buffers, load_bn_buffers
 from enas4d.training.losses import multi_exit_loss
-from enas4d.training.optim import param_groups
+from enas4d.training.optim import param_groups, schedule_length
 from enas4d.training.sampling import SandwichSampler, middle_subnet
 
 __all__ = ["SupernetModule", "check_meta_compatible"]
@@ -71,6 +72,13 @@ def check_meta_compatible(meta: dict[str, Any], net: MultiStageSupernet, num_dat
                               f"({meta['data']['name']!r}); this run's data has {num_data_classes}")
 
 
+def _distinct(subnets: dict[str, Subnet]) -> dict[str, Subnet]:
+    """``subnets`` without entries equal to a later one ("max" is kept: a one-architecture space
+    validates once, as ``max``)."""
+    names = list(subnets)
+    return {n: s for i, (n, s) in enumerate(subnets.items()) if s not in [subnets[m] for m in names[i + 1:]]}
+
+
 class SupernetModule(pl.LightningModule):
     """Sandwich-rule training of a multi-stage supernet, with per-exit validation of fixed subnets.
 
@@ -87,6 +95,10 @@ class SupernetModule(pl.LightningModule):
         weight_decay: L2 weight decay of conv/linear weights (never of BatchNorm parameters or biases).
         shrinking: progressive-shrinking phases ``[{"start": fraction, "elastic": [dims]}]`` or None.
         grad_clip_norm: clip the global gradient norm to this value, or None.
+        teacher: ``"auto"``: distil every exit of every subnet from ``teacher_net`` when one is given
+            (the static source on the from_static path), else in-place from the largest subnet;
+            ``"none"``: in-place distillation only.
+        teacher_net: a frozen network whose last output is the teacher's logits (kept in eval mode).
         calibration_images: images of the fixed calibration subset used before every evaluation.
         calibration_batch_size: batch size of BN calibration (None: the datamodule's eval batch size).
         seed: base seed of subnet sampling.
@@ -97,7 +109,7 @@ class SupernetModule(pl.LightningModule):
                  exit_weights: Sequence[float] | None = None, label_smoothing: float = 0.1,
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, weight_decay: float = 5e-5,
                  shrinking: Sequence[dict[str, Any]] | None = None, grad_clip_norm: float | None = None,
-                 calibration_images: int = 2000, calibration_batch_size: int | None = None, seed: int = 0):
+                 teacher: str = "auto", teacher_net: torch.nn.Module | None = None, calibration_images: int = 2000, calibration_batch_size: int | None = None, seed: int = 0):
         super().__init__()
         K = net.num_stages
         weights = [1.0] * K if exit_weights is None else [float(w) for w in exit_weights]
@@ -113,8 +125,14 @@ class SupernetModule(pl.LightningModule):
             raise ValueError(f"module.calibration_images={calibration_images} not allowed; allowed: >= 1")
         if grad_clip_norm is not None and grad_clip_norm <= 0:
             raise ValueError(f"module.grad_clip_norm={grad_clip_norm} not allowed; allowed: > 0 or null")
+        if teacher not in ("auto", "none"):
+            raise ValueError(f"module.teacher={teacher!r} not allowed; allowed: 'auto', 'none'")
         self.automatic_optimization = False
         self.net = net
+        # A submodule, so Lightning moves it with the model; its weights are frozen and it runs in eval mode.
+        self.teacher_net = teacher_net if teacher == "auto" else None
+        if self.teacher_net is not None:
+            self.teacher_net.requires_grad_(False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_meta = dict(data_meta)
         self.exit_weights = weights
@@ -123,15 +141,14 @@ class SupernetModule(pl.LightningModule):
         self.calibration_images, self.calibration_batch_size = calibration_images, calibration_batch_size
         self.sampler = SandwichSampler(net.space, n_random, seed, shrinking)
         space = net.space
-        self.val_subnets: dict[str, Subnet] = {"min": space.smallest(), "mid": middle_subnet(space),
-                                               "max": space.largest()}
+        self.val_subnets = _distinct({"min": space.smallest(), "mid": middle_subnet(space), "max": space.largest()})
         self.val_acc = torch.nn.ModuleDict({
             f"{name}_exit{k + 1}": MulticlassAccuracy(net.num_classes, average="micro")
             for name in self.val_subnets for k in range(K)})
         self._calibration: CalibrationSet | None = None
         self._val_bn: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.last_step: dict[str, Any] | None = None  # what the last training step did (for callbacks)
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "teacher_net"])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Logits of every enabled exit of the active subnet, each (N, classes)."""
@@ -155,20 +172,24 @@ class SupernetModule(pl.LightningModule):
         return min(1.0, self.global_step / total) if math.isfinite(total) and total > 0 else 0.0
 
     def sandwich_loss(self, x: Tensor, y: Tensor, subnets: Sequence[Subnet]) -> tuple[Tensor, list[Tensor]]:
-        """Summed loss of ``subnets`` (the first is the teacher) on ``x`` (N, C, H, W), ``y`` (N,).
+        """Summed loss of ``subnets`` on ``x`` (N, C, H, W), ``y`` (N,); the teacher is ``teacher_net``
+        or else the first subnet (in-place distillation).
 
         Returns the differentiable total and each subnet's loss (detached). Leaves the last
         subnet active.
         """
         total = torch.zeros((), device=x.device)
         teacher: Tensor | None = None
+        if self.teacher_net is not None and self.kd_weight > 0:
+            with torch.no_grad():
+                teacher = self.teacher_net.eval()(x)[-1]  # (N, classes); eval(): Lightning's train() reaches it
         losses: list[Tensor] = []
         for i, s in enumerate(subnets):
             self.net.set_subnet(s)
             logits = self.net(x)  # the model resizes x to s.resolution
             loss, _ = multi_exit_loss(logits, y, self.exit_weights, self.label_smoothing, teacher=teacher,
                                       kd_weight=self.kd_weight, temperature=self.kd_temperature)
-            if i == 0 and self.kd_weight > 0:
+            if i == 0 and self.kd_weight > 0 and self.teacher_net is None:
                 teacher = logits[-1].detach()  # (N, classes): the largest subnet's last exit
             total = total + loss
             losses.append(loss.detach())
@@ -190,7 +211,9 @@ class SupernetModule(pl.LightningModule):
         if sch is not None:
             sch.step()
         total = total.detach()
-        logs = {"train/loss": total, "train/loss_largest": losses[0], "train/loss_smallest": losses[1]}
+        logs = {"train/loss": total, "train/loss_largest": losses[0]}
+        if len(losses) > 1:
+            logs["train/loss_smallest"] = losses[1]
         if len(losses) > 2:
             logs["train/loss_random"] = torch.stack(losses[2:]).mean()
         # on_step only: epoch-level aggregation under DDP would add a collective per logged value.
@@ -252,12 +275,31 @@ class SupernetModule(pl.LightningModule):
         checkpoint["enas4d"] = make_meta(self.net, self.data_meta)
         checkpoint[SAMPLER_CKPT_KEY] = self.sampler.state_dict()
 
+    def _check_schedule_length(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a fit whose learning-rate schedule would last another number of steps.
+
+        The restored schedule keeps the checkpoint's length: with a larger trainer.max_epochs the
+        extra steps would run at its final learning rate (0 by default) and train nothing.
+        """
+        states = checkpoint.get("lr_schedulers") or []
+        saved = schedule_length(states[0]) if states else None
+        if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total) and int(total) != saved:
+            raise CheckpointError(
+                f"trainer.max_epochs/max_steps: this run would last {int(total)} optimizer steps, the checkpoint's "
+                f"learning-rate schedule lasts {saved} and a resumed run continues it; resume with the run's own "
+                "trainer.max_epochs, trainer.max_steps, trainer.limit_train_batches and data.batch_size, or start a "
+                "new run to train longer")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another supernet/space/classes before its weights are loaded."""
         meta = checkpoint.get("enas4d")
         if not isinstance(meta, dict):
             raise CheckpointError("ckpt: not an enas4d checkpoint (no 'enas4d' entry)")
         check_meta_compatible(meta, self.net, len(self.data_meta["class_names"]), "the checkpoint")
+        self._check_schedule_length(checkpoint)
         saved = checkpoint.get(SAMPLER_CKPT_KEY)
         if saved != self.sampler.state_dict():
             rank_zero_warn(f"resuming with other sampling settings ({self.sampler.state_dict()}) than the "

@@ -107,13 +107,18 @@ class SandwichSampler:
         return current
 
     def sample(self, step: int, progress: float = 1.0) -> list[Subnet]:
-        """Subnets of optimizer step ``step``: ``[largest, smallest, random_1..n]``, all exits on."""
+        """Distinct subnets of step ``step``: ``[largest, smallest, random_1..n]`` without repeats, all exits on."""
         elastic = self.elastic(progress)
         gen = make_generator(self.seed, _SAMPLER_KEY, step)
         varied = [self._smallest, *(self.space.sample(gen) for _ in range(self.n_random))]
         if set(elastic) != set(ELASTIC_DIMS):
             varied = [restrict(self.space, s, elastic) for s in varied]
-        return [s.with_all_exits() for s in (self._largest, *varied)]
+        out: list[Subnet] = []
+        for s in (self._largest, *varied):  # a subnet drawn twice would only be trained twice
+            s = s.with_all_exits()
+            if s not in out:
+                out.append(s)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the draws depend on (stored in checkpoints to check a resume)."""

@@ -1,0 +1,189 @@
+"""S2DNAS "split and concat": turn a trained static CNN into a multi-stage supernet of its weights.
+
+The static network is a one-architecture :class:`MultiStageSupernet` with K = 1 (for example
+``resnet20_static``). Its every weight tensor has exactly the shape of the K-stage supernet's over
+the same :class:`NetSpec`: a K-stage layer stores one full ``(sum out, sum in, r, r)`` weight and
+masks its upper triangle of slices (design.md section 3). So the transform is
+
+1. **order channels by importance** (optional, on by default): within every tied channel space
+   (the channels of one group, which residual adds tie together, and the hidden channels of each
+   block) sort channels by the L1 norm of their BatchNorm-folded producing weights, most important
+   first. A permutation of a tied space is function-preserving, and after it slice 1 (the first
+   stage) holds the most useful channels, as once-for-all sorts channels before shrinking widths;
+2. **split**: copy every tensor into the K-stage supernet (same shapes); the block-lower-triangular
+   mask then drops what an earlier stage would read from a later one. Larger kernel candidates
+   start as the static kernel with a zero ring. Exit head K is the static classifier; head k < K
+   starts from the static classifier's columns of the channels it reads.
+
+With K = 1 and the static candidates the result computes exactly the static network.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from enas4d.models.blocks import MSBlock
+from enas4d.models.supernet import MultiStageSupernet, NetSpec
+from enas4d.nn.layers import MSBatchNorm2d, MSConv2d
+
+__all__ = ["TransformError", "channel_importance", "from_static", "sort_channels"]
+
+
+class TransformError(ValueError):
+    """A static model or transform setting that cannot be turned into a multi-stage supernet."""
+
+
+# ------------------------------------------------------------------ permutation
+def _folded_l1(conv: MSConv2d, bn: MSBatchNorm2d) -> Tensor:
+    """(C_out,) L1 norm of every output row of ``conv`` with ``bn``'s scale folded in."""
+    scale = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
+    return conv.weight.detach().abs().flatten(1).sum(1) * scale
+
+
+def _permute_rows(conv: MSConv2d, bn: MSBatchNorm2d | None, perm: Tensor) -> None:
+    conv.weight.data = conv.weight.data[perm].contiguous()
+    if bn is not None:
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            t.data = t.data[perm].contiguous()
+
+
+def _permute_cols(layer: nn.Module, perm: Tensor) -> None:
+    layer.weight.data = layer.weight.data[:, perm].contiguous()
+
+
+def _groups(net: MultiStageSupernet) -> list[list[MSBlock]]:
+    """Blocks of every group, in order."""
+    out: list[list[MSBlock]] = [[] for _ in net.spec.groups]
+    for blk, (g, _) in zip(net.blocks, net._where):
+        out[g].append(blk)
+    return out
+
+
+def _producers(net: MultiStageSupernet, g: int) -> list[tuple[MSConv2d, MSBatchNorm2d]]:
+    """(conv, bn) pairs that write the channels of group ``g`` (residual adds tie them)."""
+    out = [(net.stem, net.stem_bn)] if g == 0 else []
+    for blk in _groups(net)[g]:
+        out.append((blk.convs[-1], blk.bns[-1]))
+        if blk.sc_conv is not None:
+            out.append((blk.sc_conv, blk.sc_bn))
+    return out
+
+
+def _consumers(net: MultiStageSupernet, g: int) -> list[nn.Module]:
+    """Layers that read the channels of group ``g`` (their input columns follow its order)."""
+    groups = _groups(net)
+    # A group's first block reads the previous group (the stem, for group 0), the others this one.
+    readers = (groups[g] if g == 0 else groups[g][1:]) + (groups[g + 1][:1] if g + 1 < len(groups) else [])
+    out: list[nn.Module] = []
+    for blk in readers:
+        out.append(blk.convs[0])
+        if blk.sc_conv is not None:
+            out.append(blk.sc_conv)
+    if g == len(groups) - 1:
+        out.extend(head._first() for head in net.heads)
+    return out
+
+
+def channel_importance(net: MultiStageSupernet) -> tuple[list[Tensor], list[Tensor]]:
+    """Importance of every channel: (per group, per block's hidden space), each (C,)."""
+    groups = [sum(_folded_l1(c, b) for c, b in _producers(net, g)) for g in range(len(net.spec.groups))]
+    hidden = [_folded_l1(blk.convs[0], blk.bns[0]) for blk in net.blocks]
+    return groups, hidden
+
+
+@torch.no_grad()
+def sort_channels(net: MultiStageSupernet) -> MultiStageSupernet:
+    """A copy of a K = 1 network with every tied channel space ordered by importance (same function)."""
+    if net.num_stages != 1:
+        raise TransformError(f"sort_channels: expects the static network (K = 1), got K = {net.num_stages}")
+    net = copy.deepcopy(net)
+    groups, hidden = channel_importance(net)
+    for g, imp in enumerate(groups):
+        perm = torch.argsort(imp, descending=True, stable=True)
+        for conv, bn in _producers(net, g):
+            _permute_rows(conv, bn, perm)
+        for layer in _consumers(net, g):
+            _permute_cols(layer, perm)
+    for blk, imp in zip(net.blocks, hidden):
+        perm = torch.argsort(imp, descending=True, stable=True)
+        # Hidden chain: every conv but the last writes it (a depthwise conv reads and writes it).
+        for conv, bn in zip(blk.convs[:-1], blk.bns[:-1]):
+            _permute_rows(conv, bn, perm)
+        _permute_cols(blk.convs[-1], perm)
+    net.set_subnet(net.subnet)  # plans index the (unchanged) layout; rebuilt for clarity
+    return net
+
+
+# -------------------------------------------------------------------- transform
+def _fit(src: Tensor, shape: torch.Size, name: str) -> Tensor:
+    """``src`` placed into a tensor of ``shape``: same shape, a centred larger kernel, or a column prefix."""
+    if src.shape == shape:
+        return src.clone()
+    if src.dim() == 4 and src.shape[:2] == shape[:2] and shape[2] >= src.shape[2]:
+        out = src.new_zeros(shape)
+        c = (shape[2] - src.shape[2]) // 2
+        out[:, :, c:c + src.shape[2], c:c + src.shape[3]] = src
+        return out
+    if src.dim() >= 2 and src.shape[0] == shape[0] and shape[1] < src.shape[1] and src.shape[2:] == shape[2:]:
+        return src[:, :shape[1]].clone()  # an early exit head reads a prefix of the channels
+    raise TransformError(f"from_static: cannot place {name} of shape {list(src.shape)} into {list(shape)}")
+
+
+def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
+                width_mults: Sequence[float] | None = None, kernels: Sequence[int] | None = None,
+                depths: Sequence[int] | None = None, resolutions: Sequence[int] | None = None,
+                sort: bool = True, name: str | None = None) -> MultiStageSupernet:
+    """A K-stage supernet initialised from the static network ``static`` (see the module docstring).
+
+    Args:
+        static: a K = 1 network (e.g. ``create_supernet("resnet20_static", num_stages=1)``) with
+            its trained weights and BatchNorm statistics.
+        num_stages: K, the stages (exits) of the result.
+        width_mults / kernels / depths / resolutions: the elastic candidates of the result's space
+            (None keeps the static value only). Widths are fractions of each slice's maximum;
+            kernels must be at least the static kernel; depths are clipped to each group's depth.
+        sort: order channels by importance before splitting (``sort_channels``).
+        name: the result's name (kept in checkpoints); default ``"<static name>-s2dnas"``.
+    """
+    if static.num_stages != 1:
+        raise TransformError(f"from_static: the source must be a static (K = 1) network, got K = {static.num_stages}")
+    spec: NetSpec = static.spec
+    if len(spec.kernels) != 1 or len(spec.width_mults) != 1:
+        raise TransformError(f"from_static: the source {static.name!r} is elastic; give its static network")
+    base_k = spec.kernels[0]
+    if kernels is not None and min(kernels) < base_k:
+        raise TransformError(f"from_static: kernels={list(kernels)} not allowed; allowed: sizes >= the static "
+                             f"kernel {base_k} (smaller ones would drop trained weights)")
+    narrowest = min(gs.width for gs in spec.groups)
+    if not 1 <= num_stages <= narrowest:
+        raise TransformError(f"num_stages={num_stages} not allowed; allowed: 1..{min(6, narrowest)} "
+                             f"(every stage needs a channel of the narrowest group, {narrowest} wide)")
+    new_spec = dataclasses.replace(
+        spec,
+        width_mults=tuple(width_mults) if width_mults is not None else spec.width_mults,
+        kernels=tuple(kernels) if kernels is not None else spec.kernels,
+        depths=tuple(depths) if depths is not None else spec.depths,
+        resolutions=tuple(resolutions) if resolutions is not None else spec.resolutions,
+    )
+    source = sort_channels(static) if sort else static
+    net = MultiStageSupernet(new_spec, static.num_classes, num_stages, static.in_chans,
+                             name=name or f"{static.name}-s2dnas")
+    src = source.state_dict()
+    head_map = {f"heads.{k}.": "heads.0." for k in range(num_stages)}
+    new_state = {}
+    for key, t in net.state_dict().items():
+        skey = key
+        for prefix, sprefix in head_map.items():
+            if key.startswith(prefix):
+                skey = sprefix + key[len(prefix):]
+        if skey not in src:
+            raise TransformError(f"from_static: the static network has no tensor for {key!r}")
+        new_state[key] = _fit(src[skey], t.shape, key)
+    net.load_state_dict(new_state)
+    net.set_subnet(net.space.largest())
+    return net  # in training mode, as a new module

@@ -1,0 +1,125 @@
+"""S2DNAS transform (issue 9): a static network split into K stages keeps its function and weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import enas4d
+from enas4d.models.supernet import MultiStageSupernet
+from enas4d.nn.layers import MSConv2d
+from enas4d.transform import TransformError, channel_importance, from_static, sort_channels
+from enas4d.transform.sources import load_static, static_names
+from tests.models.helpers import randomize_bn
+
+STATIC = ["resnet20_static", "resnet56_static", "mbv3_static"]
+
+
+def _static(name: str, seed: int = 1) -> MultiStageSupernet:
+    torch.manual_seed(seed)
+    net = enas4d.create_supernet(name, num_classes=10, num_stages=1)
+    randomize_bn(net, torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # damp residual branches, as trained ResNets do: logits of a few units, not 1e4
+        for blk in net.blocks:
+            blk.bns[-1].weight.mul_(0.2)
+    return net.eval()
+
+
+def test_static_names_are_the_one_architecture_networks():
+    assert set(STATIC) <= set(static_names())
+    assert "resnet_cifar" not in static_names()
+
+
+@pytest.mark.parametrize("name", STATIC)
+def test_k1_equals_static(name):
+    static = _static(name)
+    x = torch.rand(2, 3, 32, 32)
+    net = from_static(static, num_stages=1).eval()
+    with torch.no_grad():
+        assert (net(x)[-1] - static(x)[-1]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet20_static", "mbv3_static"])
+def test_sorting_keeps_function_and_orders_by_importance(name):
+    static = _static(name)
+    x = torch.rand(2, 3, 32, 32)
+    ordered = sort_channels(static).eval()
+    with torch.no_grad():
+        assert (ordered(x)[-1] - static(x)[-1]).abs().max().item() <= 1e-5
+    before, _ = channel_importance(static)
+    groups, hidden = channel_importance(ordered)
+    assert any(not torch.equal(a, b) for a, b in zip(before, groups))  # random weights: it moved something
+    for imp in groups + hidden:
+        assert bool((imp[:-1] >= imp[1:] - 1e-6).all())  # most important channel first
+
+
+def test_k3_weight_blocks_are_the_static_blocks():
+    static = _static("resnet20_static")
+    net = from_static(static, num_stages=3, width_mults=(0.5, 1.0), kernels=(3, 5), depths=(2, 3))
+    ordered = sort_channels(static).state_dict()
+    for key, t in net.state_dict().items():
+        if key.startswith("heads."):
+            continue
+        src = ordered[key]
+        if t.dim() == 4 and t.shape[-1] == 5 and src.shape[-1] == 3:  # larger kernel: static centre, zero ring
+            assert torch.equal(t[:, :, 1:4, 1:4], src)
+            ring = t.clone()
+            ring[:, :, 1:4, 1:4] = 0
+            assert not ring.any()
+        else:
+            assert torch.equal(t, src), key
+    w = ordered["heads.0.classifier.weight"]  # (classes, 64)
+    assert torch.equal(net.heads[2].classifier.weight, w)  # the last exit is the static classifier
+    n1 = net.heads[0].classifier.weight.shape[1]
+    assert torch.equal(net.heads[0].classifier.weight, w[:, :n1])  # exit 1 reads the first slice
+
+
+def test_k3_is_causal_and_extracts():
+    static = _static("resnet20_static")
+    net = from_static(static, num_stages=3, width_mults=(0.5, 1.0), depths=(1, 3)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    for s in [net.space.largest(), net.space.smallest(), net.space.sample(gen)]:
+        net.set_subnet(s)
+        with torch.no_grad():
+            ref = net(x)
+            out = net.extract(s)(x)
+        for a, b in zip(ref, out):
+            assert (a - b).abs().max().item() <= 1e-5
+    # Causality: changing stage 3's rows of a layer leaves exits 1 and 2 unchanged.
+    net.set_subnet(net.space.largest())
+    with torch.no_grad():
+        before = net(x)
+        conv: MSConv2d = net.blocks[4].convs[0]
+        conv.weight[-conv.out_chs[-1]:] += 1.0
+        after = net(x)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.equal(before[2], after[2])
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    static = _static("resnet20_static")
+    with pytest.raises(TransformError, match="num_stages=17 not allowed; allowed: 1..6"):
+        from_static(static, num_stages=17)
+    with pytest.raises(TransformError, match="kernels=.*allowed: sizes >= the static kernel 3"):
+        from_static(static, num_stages=2, kernels=(1, 3))
+    with pytest.raises(TransformError, match="source must be a static"):
+        from_static(from_static(static, num_stages=2), num_stages=3)
+    with pytest.raises(TransformError, match=r"supernet.source='torchvision:resnet18' not supported; allowed: \["):
+        load_static("torchvision:resnet18", None, 10, 3)
+    with pytest.raises(TransformError, match="supernet.weights: no file"):
+        load_static("enas4d:resnet20_static", str(tmp_path / "missing.ckpt"), 10, 3)
+    other = tmp_path / "mbv3.pt"
+    torch.save(_static("mbv3_static").state_dict(), other)
+    with pytest.raises(TransformError, match="neither an enas4d checkpoint nor a state dict of 'resnet20_static'"):
+        load_static("enas4d:resnet20_static", str(other), 10, 3)
+
+
+def test_state_dict_weights_load(tmp_path):
+    static = _static("resnet20_static")
+    path = tmp_path / "r20.pt"
+    torch.save(static.state_dict(), path)
+    loaded = load_static("enas4d:resnet20_static", str(path), 10, 3)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[-1], static(x)[-1])
