@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -24,6 +25,35 @@ _GRID_FIELDS = ("width", "kernel", "depth", "expand")
 
 class InvalidSubnetError(ValueError):
     """A subnet that does not belong to its space; the message names the field and allowed values."""
+
+
+class _WrongTypeError(InvalidSubnetError):
+    """A value of the wrong type in a subnet's dict form, at ``path`` (e.g. ``width[1][2]``)."""
+
+    def __init__(self, path: str, value: Any, allowed: str):
+        super().__init__(f"subnet.{path}={value!r} is not allowed; allowed values: {allowed}")
+        self.path, self.value = path, value
+
+
+def _int_value(v: Any, path: str) -> int:
+    """``v`` if it is an integer (not a bool, not a float such as 32.9 or 32.0), else _WrongTypeError."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise _WrongTypeError(path, v, "integers")
+    return int(v)
+
+
+def _bool_value(v: Any, path: str) -> bool:
+    """``v`` if it is a bool (JSON true/false; not "false", not 0 or 1), else _WrongTypeError."""
+    if not isinstance(v, bool):
+        raise _WrongTypeError(path, v, "true or false")
+    return v
+
+
+def _list_value(v: Any, path: str, of: str) -> list[Any]:
+    """``v`` if it is a list or tuple, else InvalidSubnetError (a string is not a list of values)."""
+    if not isinstance(v, (list, tuple)):
+        raise InvalidSubnetError(f"subnet.{path}: expected a list of {of}, got {v!r}")
+    return list(v)
 
 
 @dataclass(frozen=True)
@@ -57,7 +87,8 @@ class Subnet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Subnet":
-        """Inverse of :meth:`to_dict`; raises InvalidSubnetError on missing or extra keys."""
+        """Inverse of :meth:`to_dict`; raises InvalidSubnetError on missing or extra keys and on any
+        value of another type (nothing is coerced: 32.9 is not 32, "false" is not a bool)."""
         expected = {"resolution", "exits", *_GRID_FIELDS}
         if not isinstance(d, dict) or set(d) != expected:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
@@ -66,18 +97,18 @@ class Subnet:
         def grid(v: Any, name: str) -> Grid | None:
             if v is None:
                 return None
-            try:
-                return tuple(tuple(int(x) for x in row) for row in v)
-            except (TypeError, ValueError) as e:
-                raise InvalidSubnetError(f"subnet.{name}: expected a list of lists of ints") from e
+            rows = [_list_value(row, f"{name}[{k}]", "integers")
+                    for k, row in enumerate(_list_value(v, name, "lists of integers"))]
+            return tuple(tuple(_int_value(x, f"{name}[{k}][{g}]") for g, x in enumerate(row))
+                         for k, row in enumerate(rows))
 
         return cls(
-            resolution=int(d["resolution"]),
+            resolution=_int_value(d["resolution"], "resolution"),
             width=grid(d["width"], "width"),
             kernel=grid(d["kernel"], "kernel"),
             depth=grid(d["depth"], "depth"),
             expand=grid(d["expand"], "expand"),
-            exits=tuple(bool(x) for x in d["exits"]),
+            exits=tuple(_bool_value(x, f"exits[{k}]") for k, x in enumerate(_list_value(d["exits"], "exits", "bools"))),
         )
 
     def to_json(self) -> str:
@@ -270,7 +301,15 @@ class SearchSpace:
 
     def from_dict(self, d: dict[str, Any]) -> Subnet:
         """Subnet from its dict form, validated against this space."""
-        return self.validate(Subnet.from_dict(d))
+        try:
+            s = Subnet.from_dict(d)
+        except _WrongTypeError as e:  # name this space's candidates where the path is one of its choices
+            choices = {gene.path: gene.choices for gene in self._genes()}.get(e.path)
+            if choices is None:
+                raise
+            raise InvalidSubnetError(f"subnet.{e.path}={e.value!r} is not allowed; allowed values: "
+                                     f"{list(choices)}") from e
+        return self.validate(s)
 
     # ---------------------------------------------------------- persistence
     def to_config(self) -> dict[str, Any]:

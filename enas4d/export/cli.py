@@ -13,6 +13,7 @@ is the importable function; :func:`main` the thin Hydra entry point. Settings: c
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from enas4d.checkpoint import CheckpointError, load_supernet
-from enas4d.export.exporter import DataInfo, ExportError, check_out_dir, export_subnet, load_result, read_result
+from enas4d.export.exporter import (DataInfo, ExportError, check_out_dir, export_subnet, load_result, read_result,
+                                    remove_stale_temps)
 from enas4d.export.metrics import to_unit
 from enas4d.export.report import exit_table
 from enas4d.space import InvalidSubnetError
 from enas4d.utils import rebatch
+from enas4d.utils.files import file_digest
 
 __all__ = ["CONF_DIR", "export", "main", "positive_int"]
 
@@ -50,6 +53,41 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _file_state(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is rewritten or replaced (device, inode, size, mtime), or None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_checkpoint_digest(ckpt: str, res: dict[str, Any], allow_other: bool, console: Console) -> str | None:
+    """sha256 of ``ckpt``, refused (ExportError) if it is not the one the search recorded in ``res``.
+
+    None when there is no file (loading it then gives the clear error). A result without
+    ``checkpoint_sha256`` (from an older enas4d-search) is accepted with a warning.
+    """
+    expected = res.get("checkpoint_sha256")
+    if expected is not None and not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{64}", expected)):
+        raise ExportError(f"result: checkpoint_sha256={expected!r} is not allowed; allowed values: a sha256 "
+                          "digest of 64 lowercase hex digits (as enas4d-search writes it)")
+    if not os.path.isfile(ckpt):
+        return None
+    digest = file_digest(ckpt)
+    if expected is None:
+        console.print("export: warning: the result records no checkpoint_sha256 (an older enas4d-search), so it "
+                      "cannot be checked that its thresholds belong to these weights")
+    elif digest != expected and not allow_other:
+        raise ExportError(f"ckpt: {ckpt!r} has other content (sha256 {digest[:12]}...) than the checkpoint the "
+                          f"search scored (sha256 {expected[:12]}...); run enas4d-search again on it, or pass "
+                          "allow_other_ckpt=true to export anyway (its thresholds may not fit these weights)")
+    elif digest != expected:
+        console.print(f"export: warning: {ckpt!r} is not the checkpoint the search scored (sha256 differs); "
+                      "exporting it anyway (allow_other_ckpt=true)")
+    return digest
+
+
 DEFAULT_BN_IMAGES, DEFAULT_BN_BATCH_SIZE = 1000, 200  # the search's defaults (conf/search.yaml)
 
 
@@ -67,7 +105,9 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         torch.set_num_threads(positive_int(cfg, "threads"))
     out = Path(str(cfg.out))
     result_path = str(cfg.result)
-    # Fail on the output folder before any expensive work.
+    # Fail on the output folder before any expensive work (after putting back or removing what an
+    # interrupted export to it left).
+    remove_stale_temps(out)
     check_out_dir(out.resolve(), bool(cfg.overwrite), [Path(result_path)] + ([Path(str(cfg.ckpt))] if cfg.ckpt else []))
     res = load_result(result_path)
     searched_ckpt = res.get("checkpoint")  # the search's checkpoint: the default, and a mismatch caught early
@@ -79,7 +119,12 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         raise ExportError(f"ckpt: the result was searched on {searched_ckpt!r}, not {ckpt!r}; its thresholds "
                           "belong to those weights (pass allow_other_ckpt=true to export anyway)")
 
+    before = _file_state(ckpt)
+    digest = check_checkpoint_digest(ckpt, res, bool(cfg.allow_other_ckpt), console)
     net, meta = load_supernet(ckpt)
+    if _file_state(ckpt) != before:
+        raise ExportError(f"ckpt: {ckpt!r} changed while it was read (is a training run writing it?); "
+                          "export again once it is written")
     choice = read_result(result_path, net, res)
     overrides = OmegaConf.to_container(cfg.data_overrides, resolve=True) or {}
     try:
@@ -108,7 +153,8 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     result = export_subnet(
         net, choice.subnet, choice.thresholds, out, confidence=choice.confidence, data=data,
         calib_batches=calib.batches, val_batches=val if cfg.validate else None, check_images=check,
-        checkpoint=ckpt, result=result_path, search_info=choice.info, supernet_meta=dict(meta.supernet),
+        checkpoint=ckpt, checkpoint_sha256=digest, result=result_path, search_info=choice.info,
+        supernet_meta=dict(meta.supernet),
         fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), overwrite=bool(cfg.overwrite))
     val_report = result["validation"]
     if val_report is not None:

@@ -9,8 +9,11 @@ The folder (``out``) holds::
     README.md        model card: table of exits with MACs, exit rate and validation accuracy
 
 It is written into a temporary sibling folder and moved into place only once complete, so a
-failed export never leaves a half-written folder, and an earlier export is replaced only when
-``overwrite`` is set.
+failed export never leaves a half-written folder. An existing non-empty ``out`` is replaced only
+when it holds an earlier export (its ``subnet.json`` says so) and ``overwrite`` is set; any other
+folder is refused. Temporary siblings are named ``.<out>.tmp-<host>.<pid>.<random>`` (and
+``.<out>.old-...`` for the export being replaced), so a later export to the same ``out`` can tell
+those of a process that no longer runs and remove them.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shutil
-import tempfile
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +43,7 @@ from enas4d.export.report import pct
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
 from enas4d.search.budget import format_macs
-from enas4d.utils.files import write_json
+from enas4d.utils.files import make_temp_dir, write_json
 from enas4d.space import InvalidSubnetError, Subnet
 
 EXPORT_FORMAT = "enas4d-export"  # marker in subnet.json: this folder is an enas4d export
@@ -77,11 +81,29 @@ class SearchChoice:
 
 
 # ------------------------------------------------------------------------------- result.json
+def check_thresholds(values: Sequence[Any]) -> list[float]:
+    """``values`` as floats, each a number in [0, 1] (where every confidence measure lies).
+
+    Raises ExportError naming the entry for a string, a bool, NaN or a value outside [0, 1].
+    """
+    out = []
+    for i, v in enumerate(values):
+        try:
+            f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if not 0.0 <= f <= 1.0:  # False for NaN
+            raise ExportError(f"thresholds[{i}]={v!r} is not allowed; allowed values: numbers in [0, 1]")
+        out.append(f)
+    return out
+
+
 def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
     """Thresholds of the enabled exits from one value per stage (K) or per enabled exit (E).
 
     Values of disabled exits are dropped; the last exit's value is replaced by 0.0 since the last
-    exit always accepts. Raises ExportError for a wrong count or a non-number.
+    exit always accepts. Raises ExportError for a wrong count or a value :func:`check_thresholds`
+    refuses (every given value is checked, dropped ones too).
     """
     K, enabled = subnet.num_stages, [k for k, on in enumerate(subnet.exits) if on]
     vals = list(values) if isinstance(values, (list, tuple)) else None
@@ -89,14 +111,9 @@ def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
         got = len(vals) if vals is not None else type(values).__name__
         raise ExportError(f"thresholds: expected {K} values (one per stage) or {len(enabled)} (one per "
                           f"enabled exit), got {got}")
-    try:
-        nums = [float(v) for v in vals]
-    except (TypeError, ValueError) as e:
-        raise ExportError(f"thresholds: expected numbers, got {vals}") from e
+    nums = check_thresholds(vals)
     if len(nums) == K:
         nums = [nums[k] for k in enabled]
-    if any(math.isnan(v) for v in nums):
-        raise ExportError(f"thresholds: NaN is not a threshold, got {nums}")
     return nums[:-1] + [0.0]
 
 
@@ -173,11 +190,11 @@ def check_out_dir(out: Path, overwrite: bool, protect: Iterable[Path] = ()) -> N
         raise ExportError(f"out: {str(out)!r} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
         return
+    if not is_export(out):  # overwrite=true or not: only an earlier export is ever replaced
+        raise ExportError(f"out: {str(out)!r} exists and is not an enas4d export (no subnet.json of one); "
+                          "choose a new or empty folder (overwrite=true replaces only an earlier export)")
     if not overwrite:
-        if is_export(out):
-            raise ExportError(f"out: {str(out)!r} holds an earlier export; pass overwrite=true to replace it")
-        raise ExportError(f"out: {str(out)!r} exists and is not an enas4d export; choose a new folder "
-                          "(or pass overwrite=true to replace it)")
+        raise ExportError(f"out: {str(out)!r} holds an earlier export; pass overwrite=true to replace it")
     # overwrite=true replaces the whole folder: never one that holds the inputs or the caller.
     guarded = [Path.cwd(), *protect]
     for p in guarded:
@@ -188,12 +205,73 @@ def check_out_dir(out: Path, overwrite: bool, protect: Iterable[Path] = ()) -> N
         raise ExportError(f"out: refusing to replace {str(out)!r}: it is a git repository")
 
 
+def _host_tag() -> str:
+    """This machine's name as it appears in temporary folder names (letters, digits and '-')."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _make_temp(out: Path, kind: str) -> Path:
+    """A new ``.<out>.<kind>-<host>.<pid>.<random>`` folder beside ``out`` (``kind``: tmp or old)."""
+    return make_temp_dir(out.parent, f".{out.name}.{kind}-{_host_tag()}.{os.getpid()}.")
+
+
+def _stale_temp(out: Path, path: Path) -> str | None:
+    """``"tmp"`` or ``"old"`` if ``path`` is a temporary sibling of ``out`` whose export no longer
+    runs, else None. Folders from before names carried the process count as stale."""
+    m = re.fullmatch(rf"\.{re.escape(out.name)}\.(?P<kind>tmp|old)-(?:(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\."
+                     r"[0-9a-f]{8}|[a-z0-9_]{8})", path.name)
+    if m is None or path.is_symlink() or not path.is_dir():
+        return None
+    if m["pid"] is not None and (m["host"] != _host_tag() or _process_alive(int(m["pid"]))):
+        return None
+    return m["kind"]
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (assumed so where that cannot be asked safely)."""
+    if os.name != "posix":
+        return True  # os.kill would terminate it on Windows
+    if pid == os.getpid():
+        return True  # ours: this process may be exporting to ``out`` in another thread
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``out`` that interrupted exports left; returns them.
+
+    Only folders named as :func:`_make_temp` names them are touched, and only those of processes
+    that no longer run on this machine (or made before names carried the process). If a
+    replacement was interrupted after the earlier export was moved aside, and ``out`` is missing,
+    that export is moved back first.
+    """
+    out = Path(out).resolve()
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(out.parent.iterdir()):
+        kind = _stale_temp(out, p)
+        if kind is None:
+            continue
+        if kind == "old" and not out.exists() and is_export(p / out.name):
+            os.rename(p / out.name, out)
+        shutil.rmtree(p, ignore_errors=True)  # one that cannot be removed is no reason to fail
+        if not p.exists():
+            removed.append(p)
+    return removed
+
+
 def _commit_dir(tmp: Path, out: Path) -> None:
     """Move the finished folder ``tmp`` to ``out``, replacing what was there."""
     if not out.exists():
         os.rename(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    old = _make_temp(out, "old")
     os.rename(out, old / out.name)
     try:
         os.rename(tmp, out)
@@ -318,7 +396,8 @@ def model_card(meta: dict[str, Any]) -> str:
 def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float], out: str | os.PathLike, *,
                   confidence: str, data: DataInfo, calib_batches: Iterable[Any],
                   val_batches: Iterable[tuple[Tensor, Tensor]] | None,
-                  check_images: Tensor, checkpoint: str, result: str | None = None,
+                  check_images: Tensor, checkpoint: str, checkpoint_sha256: str | None = None,
+                  result: str | None = None,
                   search_info: dict[str, Any] | None = None, supernet_meta: dict[str, Any] | None = None,
                   fold_bn: bool = True, onnx: bool = True, opset: int = 17,
                   overwrite: bool = False) -> dict[str, Any]:
@@ -336,6 +415,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         check_images: (M, C, H, W) images in [0, 1] on which supernet, eager, TorchScript and
             ONNX outputs are compared (export fails if they disagree).
         checkpoint: path of the checkpoint, recorded in ``subnet.json``.
+        checkpoint_sha256: its content hash, recorded.
         result: path of the search result, recorded.
         search_info: numbers from the search result worth recording.
         supernet_meta: the checkpoint's supernet entry (name, num_classes, ...); default from ``net``.
@@ -346,9 +426,10 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     """
     out = Path(out).resolve()
     protect = [Path(checkpoint)] + ([Path(result)] if result else [])
+    remove_stale_temps(out)
     check_out_dir(out, overwrite, protect)
     net.space.validate(subnet)
-    thresholds = [float(t) for t in thresholds]
+    thresholds = check_thresholds(thresholds)
     if len(thresholds) != sum(subnet.exits):
         raise ExportError(f"thresholds: expected {sum(subnet.exits)} values (one per enabled exit), got {thresholds}")
     if check_images.dim() != 4 or check_images.shape[0] == 0:
@@ -382,7 +463,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     exit_macs = net.macs(subnet)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
     try:
         # 4. TorchScript, reloaded and compared.
         with warnings.catch_warnings():
@@ -431,6 +512,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
             "data": {"name": data.name, "cfg": data.cfg, "mean": list(data.mean), "std": list(data.std),
                      "class_names": list(data.class_names)},
             "checkpoint": os.path.abspath(checkpoint),
+            "checkpoint_sha256": checkpoint_sha256,
             "result": os.path.abspath(result) if result else None,
             "search": dict(search_info or {}),
             "fold_bn": fold_bn,
@@ -443,6 +525,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         }
         (tmp / "README.md").write_text(model_card(meta))
         write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
+        check_out_dir(out, overwrite, protect)  # again: the folder may have changed during the export
         _commit_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

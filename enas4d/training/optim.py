@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-__all__ = ["cosine_schedule", "onecycle_schedule", "param_groups"]
+__all__ = ["cosine_schedule", "onecycle_schedule", "param_groups", "schedule_length"]
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -66,3 +66,13 @@ def onecycle_schedule(optimizer: Optimizer, total_steps: int, pct_start: float =
     max_lr = [g["lr"] for g in optimizer.param_groups]
     return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
                       div_factor=div_factor, final_div_factor=final_div_factor)
+
+
+def schedule_length(state: dict[str, Any]) -> int | None:
+    """Optimizer steps a saved schedule of this module lasts, from its ``state_dict()``; None if unknown."""
+    if "total_steps" in state:  # OneCycleLR
+        return int(state["total_steps"])
+    lambdas = state.get("lr_lambdas") or [None]
+    if isinstance(lambdas[0], dict) and "total" in lambdas[0]:  # LambdaLR of a _WarmupCosine (its __dict__)
+        return int(lambdas[0]["total"])
+    return None

@@ -1,15 +1,46 @@
-"""Atomic file writing: a reader sees the old file or the new one, never a half-written one."""
+"""File helpers: atomic writes, temporary siblings with the user's usual permissions, content hashes.
+
+Temporary files and folders are created by ``os.open(..., O_CREAT | O_EXCL, 0o666)`` and
+``os.mkdir(..., 0o777)`` under fresh random names, so the kernel applies the process umask (and any
+default ACL of the folder) exactly as it does for an ordinary new file. ``tempfile.mkstemp`` and
+``mkdtemp`` would leave them 0600/0700, and reading the umask means ``os.umask(0)`` then restoring
+it, which briefly changes a process-wide setting under any thread that creates a file meanwhile.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_target", "write_atomic", "write_json"]
+__all__ = ["atomic_target", "file_digest", "make_temp_dir", "write_atomic", "write_json"]
+
+_NAME_TRIES = 100  # random names to try before giving up (a clash has odds of 2**-32 per try)
+
+
+def _unique(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create ``parent/<prefix><8 random hex><suffix>`` with ``create`` (which must fail if it exists)."""
+    for _ in range(_NAME_TRIES):
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {str(parent)!r}")
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder ``parent/<prefix><random>`` with the permissions ``mkdir`` would give it."""
+    return _unique(Path(parent), prefix, "", lambda p: os.mkdir(p, 0o777))
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
 
 @contextlib.contextmanager
@@ -17,15 +48,13 @@ def atomic_target(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
 
     ``os.replace`` is atomic within one file system (POSIX and Windows). The new file gets the usual
-    permissions of a new file (``mkstemp`` would leave it 0600).
+    permissions of a new file (see the module docstring).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = os.fspath(_unique(path.parent, f".{path.name}.", ".tmp", _new_file))
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,8 +75,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -216,8 +217,14 @@ def test_bad_input_is_refused(exp, tmp_path):
     with pytest.raises(ExportError, match="is not an enas4d export"):
         export(compose_cfg("export", f"result={exp['result']}", f"out={tmp_path / 'mine'}"), quiet())
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
-    with pytest.raises(ExportError, match="refusing to replace"):  # the folder holding the inputs
+    with pytest.raises(ExportError, match="is not an enas4d export"):  # the folder holding the inputs
         export(compose_cfg("export", f"result={exp['result']}", f"out={exp['root']}", "overwrite=true"), quiet())
+    # An earlier export that holds an input is not replaced either.
+    inside = tmp_path / "with_input"
+    shutil.copytree(exp["out"], inside)
+    shutil.copyfile(exp["result"], inside / "result.json")
+    with pytest.raises(ExportError, match="refusing to replace"):
+        export(compose_cfg("export", f"result={inside / 'result.json'}", f"out={inside}", "overwrite=true"), quiet())
     with pytest.raises(ExportError, match="not an enas4d export folder"):
         evaluate(compose_cfg("evaluate", f"model={tmp_path / 'mine'}"), quiet())
 
@@ -231,3 +238,118 @@ def test_command_line_exit_status_and_one_line_error(exp, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(CONF_DIR).parent)})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("enas4d-export: error: out:")
+
+
+def _dead_pid() -> int:
+    """The id of a process that has finished (what an interrupted export leaves in its folder names)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_checkpoint_with_other_content_at_the_searched_path_is_refused(exp, tmp_path):
+    """result.json's checkpoint_sha256 ties its thresholds to the weights the search scored."""
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copyfile(exp["ckpt"], ckpt)
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    res = json.loads(exp["result"].read_text()) | {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": digest}
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps(res))
+    base = [f"result={result}", *BN, "onnx=false", "validate=false"]
+    meta = export(compose_cfg("export", *base, f"out={tmp_path / 'a'}"), quiet())
+    assert meta["checkpoint_sha256"] == digest
+    write_checkpoint(ckpt, seed=1)  # a longer training run wrote new weights to the same path
+    with pytest.raises(ExportError, match=r"^ckpt: .* has other content .* than the checkpoint the search scored .*"
+                                          r"run enas4d-search again on it, or pass allow_other_ckpt=true"):
+        export(compose_cfg("export", *base, f"out={tmp_path / 'b'}"), quiet())
+    assert not (tmp_path / "b").exists()
+    meta = export(compose_cfg("export", *base, f"out={tmp_path / 'b'}", "allow_other_ckpt=true"), quiet())
+    assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest() != digest
+    result.write_text(json.dumps(res | {"checkpoint_sha256": "abc"}))
+    with pytest.raises(ExportError, match=r"result: checkpoint_sha256='abc' is not allowed; allowed values: a sha256"):
+        export(compose_cfg("export", *base, f"out={tmp_path / 'c'}"), quiet())
+
+
+@pytest.mark.parametrize("bad", [-5, 7, float("nan"), "0.5", True])
+def test_thresholds_outside_0_1_are_refused(exp, tmp_path, bad):
+    res = json.loads(exp["result"].read_text())
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps(res | {"thresholds": [0.5, bad, 0.0]}))
+    with pytest.raises(ExportError, match=r"^thresholds\[1\]=.* is not allowed; allowed values: numbers in \[0, 1\]$"):
+        export(compose_cfg("export", f"result={result}", f"out={tmp_path / 'o'}", *BN), quiet())
+    assert not (tmp_path / "o").exists()
+
+
+def test_thresholds_given_to_export_subnet_are_checked(exp, tmp_path):
+    net, s = exp["net"], exp["subnet"]
+    with pytest.raises(ExportError, match=r"thresholds\[0\]=7 is not allowed; allowed values: numbers in \[0, 1\]"):
+        exporter.export_subnet(net, s, [7, 0.5, 0.0], tmp_path / "o", confidence="max_softmax",
+                               data=exporter.DataInfo("digits", {}, [0.5] * 3, [0.2] * 3, [str(i) for i in range(10)]),
+                               calib_batches=[], val_batches=None, check_images=torch.rand(2, 3, 8, 8),
+                               checkpoint=str(exp["ckpt"]))
+    assert exporter.check_thresholds([0, 1, 0.25]) == [0.0, 1.0, 0.25]
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_an_export(exp, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    cfg = compose_cfg("export", f"result={exp['result']}", f"out={mine}", *BN, "overwrite=true")
+    with pytest.raises(ExportError, match=r"^out: .* exists and is not an enas4d export .*choose a new or empty "
+                                          r"folder \(overwrite=true replaces only an earlier export\)$"):
+        export(cfg, quiet())
+    (mine / "subnet.json").write_text('{"format": "not-enas4d"}')  # a manifest of something else
+    with pytest.raises(ExportError, match="is not an enas4d export"):
+        export(cfg, quiet())
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "subnet.json"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    (tmp_path / "empty").mkdir()
+    exporter.check_out_dir((tmp_path / "empty").resolve(), overwrite=False)  # an empty folder is fine
+
+
+def test_rerun_removes_stale_temporary_folders_of_its_target_only(exp, tmp_path):
+    host, dead = exporter._host_tag(), _dead_pid()
+    out = tmp_path / "export"
+    stale = [f".export.tmp-{host}.{dead}.0123abcd", f".export.old-{host}.{dead}.4567cdef",
+             ".export.tmp-k3j_9x0a"]  # the last: tempfile.mkdtemp's name, from an enas4d before this one
+    kept = [f".export.tmp-{host}.{os.getpid()}.89abcdef",  # a running process (this one) may be exporting
+            f".export.tmp-otherhost.{dead}.0123abcd",  # a process on another machine: cannot be asked
+            ".export.tmp-notes", ".exports.tmp-k3j_9x0a", f".other.tmp-{host}.{dead}.0123abcd"]  # not ours
+    for name in stale + kept:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.ts").write_text("half")
+    export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "validate=false"),
+           quiet())
+    assert is_export(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", *kept])
+
+
+def test_interrupted_replacement_puts_the_earlier_export_back(exp, tmp_path):
+    """Killed between moving the earlier export aside and moving the new one in: the next run restores it."""
+    host, dead = exporter._host_tag(), _dead_pid()
+    old = tmp_path / f".export.old-{host}.{dead}.0123abcd"
+    old.mkdir()
+    shutil.copytree(exp["out"], old / "export")
+    new = tmp_path / f".export.tmp-{host}.{dead}.4567cdef"  # the complete new export, never moved in
+    shutil.copytree(exp["out"], new)
+    out = tmp_path / "export"
+    assert sorted(exporter.remove_stale_temps(out)) == sorted([old, new])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and is_export(out)
+    with pytest.raises(ExportError, match="holds an earlier export"):
+        export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN), quiet())
+
+
+def test_export_folder_gets_the_users_permissions(exp, tmp_path):
+    """Not tempfile.mkdtemp's 0700: the folder and its files are created as mkdir and open would."""
+    out = tmp_path / "export"
+    before = os.umask(0o027)
+    try:
+        export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "validate=false"),
+               quiet())
+    finally:
+        os.umask(before)
+    assert out.stat().st_mode & 0o777 == 0o750
+    for name in ("model.ts", "subnet.json", "README.md"):
+        assert (out / name).stat().st_mode & 0o777 == 0o640, name
