@@ -3,6 +3,7 @@
 - :mod:`~enas4d.search.calibrate`: exact threshold calibration from one cached validation pass.
 - :mod:`~enas4d.search.evaluator`: one-pass candidate evaluation and its JSON-lines cache.
 - :mod:`~enas4d.search.evolution`: evolution and random search over architectures.
+- :mod:`~enas4d.search.policy_gradient`: the S2DNAS searcher, an LSTM controller trained by REINFORCE.
 - :mod:`~enas4d.search.predictor`: optional MLP accuracy predictor (pre-screening, Kendall tau).
 - :mod:`~enas4d.search.cli`: the ``enas4d-search`` Hydra app (:func:`~enas4d.search.cli.search`).
 """
@@ -12,6 +13,8 @@ from enas4d.search.budget import Budget, BudgetError, parse_budget
 from enas4d.search.calibrate import ExitTable, Policy, confidence, simulate, tradeoff
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError
 from enas4d.search.evolution import EvolutionConfig, run_search
+from enas4d.search.policy_gradient import ControllerConfig
 
 __all__ = ["Budget", "BudgetError", "parse_budget", "ExitTable", "Policy", "confidence", "simulate",
-           "tradeoff", "CandidateEvaluator", "EvalCache", "SearchError", "EvolutionConfig", "run_search"]
+           "tradeoff", "CandidateEvaluator", "EvalCache", "SearchError", "EvolutionConfig", "run_search",
+           "ControllerConfig"]

@@ -6,11 +6,11 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["BudgetError", "Budget", "parse_budget", "format_macs"]
+__all__ = ["BUDGET_HELP", "BudgetError", "Budget", "parse_budget", "format_macs"]
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGxX]?)\s*$")
-_HELP = "use average MACs per image, e.g. 2500000, 2.5e6, 2.5M, 900K, 1.2G, or 0.5x (of the largest subnet)"
+BUDGET_HELP = "use average MACs per image, e.g. 2500000, 2.5e6, 2.5M, 900K, 1.2G, or 0.5x (of the largest subnet)"
 
 
 class BudgetError(ValueError):
@@ -32,18 +32,18 @@ class Budget:
 def parse_budget(text: object) -> Budget:
     """Parse a budget from a config value (int, float or string); BudgetError on anything else."""
     if isinstance(text, bool) or text is None:
-        raise BudgetError(f"budget: {text!r} is not a number; {_HELP}")
+        raise BudgetError(f"budget: {text!r} is not a number; {BUDGET_HELP}")
     if isinstance(text, (int, float)):
         value, relative = float(text), False
     else:
         m = _PATTERN.match(str(text))
         if m is None:
-            raise BudgetError(f"budget: {str(text)!r} is not a number; {_HELP}")
+            raise BudgetError(f"budget: {str(text)!r} is not a number; {BUDGET_HELP}")
         suffix = m.group(2).upper()
         relative = suffix == "X"
         value = float(m.group(1)) * (1.0 if relative else _SUFFIX[suffix])
     if not math.isfinite(value) or value <= 0:
-        raise BudgetError(f"budget: {text!r} must be a positive, finite number; {_HELP}")
+        raise BudgetError(f"budget: {text!r} must be a positive, finite number; {BUDGET_HELP}")
     return Budget(value, relative)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from enas4d.checkpoint import CheckpointError, CheckpointMeta, load_supernet
 from enas4d.models import MultiStageSupernet
-from enas4d.search.budget import BudgetError, format_macs, parse_budget
+from enas4d.search.budget import BUDGET_HELP, BudgetError, format_macs, parse_budget
 from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, min_cost, pareto_indices,
                                      tradeoff)
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
 from enas4d.search.evolution import EvolutionConfig, Scored, run_search
+from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
 from enas4d.utils.files import write_json
@@ -40,12 +42,25 @@ from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
 from enas4d.training.calibration import CalibrationSet
 from enas4d.utils import rebatch
 
-__all__ = ["CONF_DIR", "SPLIT_KEYS", "DynamicProblem", "StaticProblem", "build_datamodule", "search", "main"]
+__all__ = ["CONF_DIR", "SPLIT_KEYS", "DynamicProblem", "StaticProblem", "build_datamodule", "resolve_device",
+           "search", "main"]
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
 
 # Data settings that decide which images are validation images: the search must not change them.
 SPLIT_KEYS = frozenset({"seed", "val_fraction", "val_size", "use_val_folder", "variant"})
+
+# Typed settings, checked before anything runs: name -> (smallest allowed value or None, null allowed).
+_INT_FIELDS: dict[str, tuple[int | None, bool]] = {
+    "evaluations": (1, False), "static_evaluations": (0, False), "population": (2, False), "max_tries": (1, False),
+    "seed": (None, False), "bn.images": (1, False), "bn.batch_size": (1, False), "eval_batch_size": (1, False),
+    "calibration_grid": (2, True), "front_levels": (1, False), "threads": (1, True),
+    "predictor.screen_factor": (1, False), "predictor.min_train": (2, False), "predictor.hidden": (1, False),
+    "predictor.epochs": (1, False), "controller.hidden": (1, False), "controller.samples": (1, False)}
+_FLOAT_FIELDS = ("parents", "mutation_prob", "crossover_prob", "predictor.lr", "predictor.holdout", "controller.lr",
+                 "controller.entropy_weight", "controller.baseline_decay", "controller.cost_exponent")
+_BOOL_FIELDS = ("seed_largest", "progress", "predictor.enabled")
+DEVICES = "auto, cpu, cuda, cuda:N"
 
 
 class DynamicProblem:
@@ -138,25 +153,71 @@ def _evolution_config(cfg: DictConfig, evaluations: int, stream: int = 0) -> Evo
                            max_tries=int(cfg.max_tries), stream=stream, seed_largest=bool(cfg.seed_largest))
 
 
+def _controller_config(cfg: DictConfig) -> ControllerConfig:
+    """policy_gradient's controller settings from the config (ValueError names the bad field)."""
+    c = cfg.controller
+    return ControllerConfig(hidden=int(c.hidden), lr=float(c.lr), entropy_weight=float(c.entropy_weight),
+                            baseline_decay=float(c.baseline_decay), cost_exponent=float(c.cost_exponent),
+                            samples=int(c.samples))
+
+
 def _check_config(cfg: DictConfig) -> None:
     """Fail at once, with the field's name, on settings that would fail later."""
     if cfg.confidence not in CONFIDENCES:
         raise SearchError(f"confidence: {cfg.confidence!r} not allowed; allowed values: {list(CONFIDENCES)}")
-    for name in ("evaluations", "bn.images", "bn.batch_size", "eval_batch_size", "front_levels"):
-        if int(OmegaConf.select(cfg, name)) < 1:
-            raise SearchError(f"{name}: must be >= 1, got {OmegaConf.select(cfg, name)}")
-    if int(cfg.static_evaluations) < 0:
-        raise SearchError(f"static_evaluations: must be >= 0, got {cfg.static_evaluations}")
-    if cfg.calibration_grid is not None and int(cfg.calibration_grid) < 2:
-        raise SearchError(f"calibration_grid: must be >= 2 or null, got {cfg.calibration_grid}")
-    if cfg.predictor.enabled and (int(cfg.predictor.screen_factor) < 1 or int(cfg.predictor.min_train) < 2):
-        raise SearchError("predictor: screen_factor must be >= 1 and min_train >= 2")
     if not 0 <= float(cfg.predictor.holdout) < 1:
         raise SearchError(f"predictor.holdout: must be in [0, 1), got {cfg.predictor.holdout}")
     try:
         _evolution_config(cfg, int(cfg.evaluations))
+        _controller_config(cfg)
     except ValueError as e:
         raise SearchError(str(e)) from e
+
+
+def _check_inputs(cfg: DictConfig) -> None:
+    """Mandatory values present and every typed setting of the right type (one-line SearchError naming it)."""
+    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None or not str(cfg.ckpt).strip():
+        raise SearchError("ckpt: missing; give the training checkpoint to search, "
+                          "e.g. ckpt=outputs/demo/train/checkpoints/last.ckpt")
+    if OmegaConf.is_missing(cfg, "budget") or cfg.budget is None:
+        raise BudgetError(f"budget: missing; {BUDGET_HELP}")
+    for name, (low, nullable) in _INT_FIELDS.items():
+        value = OmegaConf.select(cfg, name)
+        allowed = "integers" + ("" if low is None else f" >= {low}") + (" or null" if nullable else "")
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SearchError(f"{name}: {value!r} is not an integer; allowed values: {allowed}")
+        if low is not None and value < low:
+            raise SearchError(f"{name}: {value} is too small; allowed values: {allowed}")
+    for name in _FLOAT_FIELDS:
+        value = OmegaConf.select(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SearchError(f"{name}: {value!r} is not a number; allowed values: numbers (e.g. 0.5)")
+    for name in _BOOL_FIELDS:
+        value = OmegaConf.select(cfg, name)
+        if not isinstance(value, bool):
+            raise SearchError(f"{name}: {value!r} is not a boolean; allowed values: true, false")
+    resolve_device(cfg.device)
+
+
+def resolve_device(text: object) -> torch.device:
+    """The device of ``device=``: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = text.strip().lower() if isinstance(text, str) else ""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m is None:
+        raise SearchError(f"device: {text!r} not allowed; allowed values: {DEVICES}")
+    if not torch.cuda.is_available():
+        raise SearchError(f"device: {text!r} needs CUDA, which torch cannot use here; "
+                          "allowed values on this machine: auto, cpu")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise SearchError(f"device: {text!r} does not exist; allowed values: cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}, cuda, cpu, auto")
+    return torch.device(name)
 
 
 @dataclass
@@ -187,6 +248,7 @@ def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None)
     Returns the ``result.json`` dict. Bad input raises SearchError, BudgetError or
     CheckpointError (one-line messages) before anything is written.
     """
+    _check_inputs(cfg)
     old_threads = torch.get_num_threads()
     if cfg.threads is not None:
         if int(cfg.threads) < 1:
@@ -202,7 +264,7 @@ def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None)
 class _Setup:
     """Everything a search run builds before it searches."""
 
-    net: MultiStageSupernet
+    net: MultiStageSupernet  # on the search's device
     meta: CheckpointMeta
     budget: float  # MACs per image
     largest_macs: int  # largest subnet, all exits computed, every image to the last
@@ -215,7 +277,9 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     """Check the budget, rebuild supernet and data from the checkpoint, open the cache."""
     budget_spec = parse_budget(cfg.budget)
     _check_config(cfg)
+    device = resolve_device(cfg.device)
     net, meta = load_supernet(cfg.ckpt)
+    net.to(device)  # the evaluator moves each batch to the network's device
     space = net.space
     largest_macs = net.macs(space.largest())[-1]
     smallest_macs = min_cost(*net.stage_macs(space.smallest()))
@@ -244,7 +308,7 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     cache = EvalCache(cache_path, fingerprint, labels)
     console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget {format_macs(budget)} "
                   f"MACs/image (largest subnet {format_macs(largest_macs)}, smallest {format_macs(smallest_macs)}); "
-                  f"{len(labels)} validation images; cache {cache_path} ({len(cache)} architectures)")
+                  f"{len(labels)} validation images on {device}; cache {cache_path} ({len(cache)} architectures)")
     evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
     return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path)
 
@@ -267,8 +331,13 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
             bar.update(s)
             return [s], [Scored(largest, *sta.score(largest), step=0)]
         rank = _make_rank(dyn, cfg.predictor, int(cfg.seed)) if cfg.predictor.enabled else None
+        ctrl = _controller_config(cfg)
         dynamic = _tracked_search(space, dyn, _evolution_config(cfg, int(cfg.evaluations)), "dynamic", bar,
-                                  console, rank, int(cfg.predictor.screen_factor))
+                                  console, rank, int(cfg.predictor.screen_factor), ctrl)
+        if not dynamic:  # only policy_gradient can end empty: it samples instead of shrinking until it fits
+            raise SearchError(f"search: {cfg.algorithm} drew no architecture that fits {format_macs(st.budget)} "
+                              f"MACs/image in {cfg.max_tries} samples; raise max_tries or the budget, or use "
+                              "algorithm=evolution (it shrinks candidates until they fit)")
         static: list[Scored] = []
         if int(cfg.static_evaluations) > 0:
             if not sta.feasible(space.smallest()):
@@ -277,12 +346,13 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
             else:
                 # Its own random stream: it explores independently (shared evaluations come free).
                 scfg = _evolution_config(cfg, int(cfg.static_evaluations), stream=1)
-                static = _tracked_search(space, sta, scfg, "static", bar, console, None, 1)
+                static = _tracked_search(space, sta, scfg, "static", bar, console, None, 1, ctrl)
     return dynamic, static
 
 
 def _tracked_search(space: SearchSpace, problem: DynamicProblem | StaticProblem, ecfg: EvolutionConfig, label: str,
-                    bar: _Progress, console: Console, rank: Any, screen_factor: int) -> list[Scored]:
+                    bar: _Progress, console: Console, rank: Any, screen_factor: int,
+                    controller: ControllerConfig) -> list[Scored]:
     """:func:`run_search` with a progress bar showing the best so far."""
     bar.start(f"{label} ({ecfg.algorithm})", ecfg.evaluations)
     best: list[Scored] = []
@@ -292,7 +362,7 @@ def _tracked_search(space: SearchSpace, problem: DynamicProblem | StaticProblem,
         bar.update(best[0])
 
     return run_search(space, problem, ecfg, on_scored=on_scored, rank=rank, screen_factor=screen_factor,
-                      log=console.print)
+                      log=console.print, controller=controller)
 
 
 def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
@@ -364,6 +434,7 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
         "exit_rates": [policy.exit_rates[k] for k in enabled],
         "exit_macs": [policy.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
         "checkpoint": str(Path(cfg.ckpt).resolve()),
+        "checkpoint_sha256": file_digest(cfg.ckpt),  # export refuses other weights at the same path
         "static_best": static_best,
         # The chosen architecture's thresholds fitted on one half of the validation images and
         # scored on the other (both ways): val_accuracy without the optimism of fitting on it.
@@ -379,6 +450,9 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
                    "seed": int(cfg.seed), "budget_above_largest": budget >= st.largest_macs,
                    "network_evaluations": evaluator.misses, "cache_hits": evaluator.hits,
                    "cache": str(st.cache_path), "network_seconds": round(evaluator.network_seconds, 2),
+                   "device": str(next(net.parameters()).device),
+                   "controller": (dataclasses.asdict(_controller_config(cfg))
+                                  if cfg.algorithm == "policy_gradient" else None),
                    "seconds": round(time.perf_counter() - start, 2)},
         "predictor": report,
     }

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from enas4d.models import MultiStageSupernet
 from enas4d.search.calibrate import ExitTable, confidence
-from enas4d.utils.files import write_atomic
+from enas4d.utils.files import file_digest, write_atomic  # file_digest: re-exported for search
 from enas4d.space import Subnet
 from enas4d.training.calibration import CalibrationSet
 
@@ -55,15 +55,6 @@ def _unpack(d: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`_pack`."""
     raw = base64.b64decode(d["b64"])
     return np.frombuffer(raw, dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fingerprint_name(fingerprint: dict[str, Any]) -> str:
@@ -164,7 +155,8 @@ class CandidateEvaluator:
     """Evaluates architectures of one supernet once each, through an :class:`EvalCache`.
 
     Args:
-        net: the supernet (its active subnet is changed; restored by callers if they care).
+        net: the supernet (its active subnet is changed; restored by callers if they care); batches
+            are moved to its device, results come back to the CPU.
         calibration: the BatchNorm calibration subset (training split), held in memory.
         val_batches: the validation split as ``(x, y)`` batches, cached in memory.
         measure: confidence measure (see :func:`~enas4d.search.calibrate.confidence`).
@@ -207,17 +199,18 @@ class CandidateEvaluator:
 
     @torch.inference_mode()
     def _forward(self) -> tuple[np.ndarray, np.ndarray]:
-        """Validation pass of the active subnet: (K, N) predictions and confidences."""
+        """Validation pass of the active subnet on the network's device: (K, N) predictions and confidences."""
+        device = next(self.net.parameters()).device
         preds: list[list[Tensor]] = []
         confs: list[list[Tensor]] = []
-        for x, _ in self.val_batches:
-            outs = self.net(x)  # list of K (n, classes)
+        for x, _ in self.val_batches:  # batches stay on the CPU; one moves to the device at a time
+            outs = self.net(x.to(device))  # list of K (n, classes)
             pc = [confidence(o, self.measure) for o in outs]
             preds.append([p for p, _ in pc])
             confs.append([c for _, c in pc])
         pred = torch.stack([torch.cat(col) for col in zip(*preds)])  # (K, N)
         conf = torch.stack([torch.cat(col) for col in zip(*confs)])
-        return pred.numpy().astype(np.int64), conf.numpy().astype(np.float32)
+        return pred.cpu().numpy().astype(np.int64), conf.cpu().numpy().astype(np.float32)
 
     def record(self, arch: Subnet) -> CacheRecord:
         """Predictions and confidences of ``arch`` (all exits), from the cache or one network pass."""

@@ -1,11 +1,14 @@
-"""The outer search over architectures: evolution, and random search as its baseline.
+"""The outer search over architectures: evolution, random search as its baseline, and the dispatch
+to the policy-gradient controller (:mod:`~enas4d.search.policy_gradient`).
 
-Both spend exactly ``evaluations`` distinct architectures (unless the feasible space runs out,
-which stops them with a message rather than looping). Every candidate is made feasible before it
-is scored: a child whose cheapest policy is over budget is *repaired* by setting its genes, in a
-random order, to their smallest choice until it fits; the smallest subnet is checked to fit before
-any search starts, so repair always ends. Exit genes are not searched here: each architecture is
-scored with all exits available and the threshold calibration picks the exit subset.
+All three spend exactly ``evaluations`` distinct architectures, counted by one :class:`Ledger`
+(unless the feasible space runs out, which stops them with a message rather than looping).
+Evolution and random search make every candidate feasible before it is scored: a child whose
+cheapest policy is over budget is *repaired* by setting its genes, in a random order, to their
+smallest choice until it fits; the smallest subnet is checked to fit before any search starts, so
+repair always ends (policy_gradient instead gives an infeasible sample reward 0, unscored). Exit
+genes are not searched: each architecture is scored with all exits available and the threshold
+calibration picks the exit subset.
 
 Randomness comes from ``make_generator(seed, stream, purpose, step)`` only, so a search restarted with
 the same seed proposes the same candidates and finds them in the cache.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -23,9 +26,12 @@ import torch
 from enas4d.space import SearchSpace, Subnet
 from enas4d.utils.seed import make_generator
 
-__all__ = ["ALGORITHMS", "EvolutionConfig", "Scored", "Problem", "repair", "run_search"]
+if TYPE_CHECKING:
+    from enas4d.search.policy_gradient import ControllerConfig
 
-ALGORITHMS = ("evolution", "random")
+__all__ = ["ALGORITHMS", "EvolutionConfig", "Scored", "Problem", "Ledger", "repair", "run_search"]
+
+ALGORITHMS = ("evolution", "random", "policy_gradient")
 _INIT_KEY, _CHILD_KEY, _RANDOM_KEY, _REPAIR_KEY = 1, 2, 3, 4
 
 
@@ -33,7 +39,7 @@ _INIT_KEY, _CHILD_KEY, _RANDOM_KEY, _REPAIR_KEY = 1, 2, 3, 4
 class EvolutionConfig:
     """Settings of the outer search (see conf/search.yaml for the meaning of each)."""
 
-    algorithm: str = "evolution"  # "evolution" or "random" (same number of evaluations)
+    algorithm: str = "evolution"  # "evolution", "random" or "policy_gradient" (same number of evaluations)
     evaluations: int = 40  # distinct architectures scored
     population: int = 12  # architectures kept between generations
     parents: float = 0.25  # fraction of the population that breeds
@@ -73,6 +79,8 @@ class Scored:
 class Problem(Protocol):
     """What the search optimises: a feasibility test and a scoring function."""
 
+    budget: float  # MACs per image the cost is held to (policy_gradient's reward divides by it)
+
     def feasible(self, arch: Subnet) -> bool:
         """Can ``arch`` meet the constraint at all?"""
 
@@ -106,10 +114,41 @@ def repair(space: SearchSpace, arch: Subnet, feasible: Callable[[Subnet], bool],
     return None
 
 
+class Ledger:
+    """The distinct architectures scored so far, in evaluation order: what every algorithm counts."""
+
+    def __init__(self, problem: Problem, on_scored: Callable[[Scored], None] | None = None):
+        self.problem, self.on_scored = problem, on_scored
+        self.seen: dict[str, Scored] = {}  # Subnet.to_json() with every exit -> its score
+        self.order: list[Scored] = []
+
+    def __len__(self) -> int:
+        """Distinct architectures scored."""
+        return len(self.order)
+
+    def __contains__(self, arch: Subnet) -> bool:
+        """Was ``arch`` (exits ignored) scored already?"""
+        return arch.with_all_exits().to_json() in self.seen
+
+    def evaluate(self, arch: Subnet) -> Scored:
+        """The score of ``arch`` (every exit enabled), computed by the problem on first request only."""
+        arch = arch.with_all_exits()
+        key = arch.to_json()
+        if key not in self.seen:
+            fitness, cost = self.problem.score(arch)
+            sc = Scored(arch, fitness, cost, len(self.order))
+            self.seen[key] = sc
+            self.order.append(sc)
+            if self.on_scored is not None:
+                self.on_scored(sc)
+        return self.seen[key]
+
+
 def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
                on_scored: Callable[[Scored], None] | None = None,
                rank: Callable[[list[Subnet]], np.ndarray] | None = None,
-               screen_factor: int = 1, log: Callable[[str], None] = print) -> list[Scored]:
+               screen_factor: int = 1, log: Callable[[str], None] = print,
+               controller: ControllerConfig | None = None) -> list[Scored]:
     """Run ``cfg.algorithm`` on ``problem``; every scored architecture, in evaluation order.
 
     Args:
@@ -121,21 +160,16 @@ def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
             that many children per slot and keeps the best-ranked ones (real scores decide the rest).
         screen_factor: children proposed per child evaluated when ``rank`` is given.
         log: where messages (e.g. "space exhausted") go.
+        controller: policy_gradient's controller settings (defaults when None).
     """
-    seen: dict[str, Scored] = {}
-    order: list[Scored] = []
+    ledger = Ledger(problem, on_scored)
+    seen, order, evaluate = ledger.seen, ledger.order, ledger.evaluate
+    if cfg.algorithm == "policy_gradient":
+        # Imported here: policy_gradient builds on this module (Ledger, Problem, EvolutionConfig).
+        from enas4d.search.policy_gradient import ControllerConfig, run_policy_gradient
 
-    def evaluate(arch: Subnet) -> Scored:
-        arch = arch.with_all_exits()
-        key = arch.to_json()
-        if key not in seen:
-            fitness, cost = problem.score(arch)
-            sc = Scored(arch, fitness, cost, len(order))
-            seen[key] = sc
-            order.append(sc)
-            if on_scored is not None:
-                on_scored(sc)
-        return seen[key]
+        run_policy_gradient(space, problem, cfg, controller or ControllerConfig(), ledger, log)
+        return order
 
     def fresh(propose: Callable[[torch.Generator], Subnet], *keys: int) -> Subnet | None:
         """A feasible, not yet scored architecture, or None after max_tries proposals."""

@@ -85,7 +85,7 @@ def print_summary(result: dict[str, Any], front_rows: list[dict[str, Any]], cons
         t.add_row("static (best)", f"{100 * sb['val_accuracy']:.2f}%", format_macs(sb["macs"]), "1.00",
                   format_macs(sb["macs"]), "-")
     else:
-        t.add_row("static (best)", "-", "-", "no static subnet fits", "", "")
+        t.add_row("static (best)", "-", "-", "none found within budget", "", "")
     console.print(t)
     dyn = [r for r in front_rows if r["kind"] == "dynamic"]
     stat = [r for r in front_rows if r["kind"] == "static"]
