@@ -15,7 +15,7 @@ XDIST ?= -n 2
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(XDIST)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo bench clean distclean
+.PHONY: help install test test-all demo bench cifar10-reference clean distclean
 
 help: ## Show this help
 	@echo "usage: make <target> [PY=python3]"
@@ -46,6 +46,10 @@ demo: install ## Train on the bundled digits, search at a MAC budget, export, ev
 	$(BIN)/enas4d-export ckpt=$(DEMO)/train/checkpoints/last.ckpt result=$(DEMO)/search/result.json \
 		out=$(DEMO)/export overwrite=true hydra.run.dir=$(DEMO)/export-log
 	$(BIN)/enas4d-evaluate model=$(DEMO)/export hydra.run.dir=$(DEMO)/evaluate-log
+
+# QUICK=1: the smoke variant (a few batches per epoch, small searches; under 15 minutes).
+cifar10-reference: install ## CIFAR-10: static ResNet-20 vs enas4d (S2DNAS) at the same training time -> outputs/cifar10_reference/results.md
+	$(BIN)/python tools/cifar10_reference.py $(if $(QUICK),--quick,)
 
 bench: install ## Run the benchmark scripts in tools/ (each prints ratios measured side by side)
 	$(BIN)/python tools/bench_supernet.py --threads 1
