@@ -264,8 +264,8 @@ class SearchSpace:
         return self._from_genome([g.choices[-1] for g in self._genes()])
 
     def middle(self) -> Subnet:
-        """The median candidate of every choice, with every exit enabled."""
-        return self._from_genome([g.choices[len(g.choices) // 2] if g.field != "exits" else True
+        """The median candidate of every choice (the lower one of an even count), every exit enabled."""
+        return self._from_genome([g.choices[(len(g.choices) - 1) // 2] if g.field != "exits" else True
                                   for g in self._genes()])
 
     def mutate(self, s: Subnet, generator: torch.Generator, prob: float = 0.1) -> Subnet:

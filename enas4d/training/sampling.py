@@ -44,17 +44,8 @@ def restrict(space: SearchSpace, s: Subnet, elastic: Sequence[str]) -> Subnet:
 
 
 def middle_subnet(space: SearchSpace) -> Subnet:
-    """The subnet taking the middle candidate (lower middle for an even count) of every choice."""
-    def mid(choices: Sequence[int]) -> int:
-        ordered = sorted(choices)
-        return ordered[(len(ordered) - 1) // 2]
-
-    def grid(cells: Any) -> Any:
-        return None if cells is None else tuple(tuple(mid(c) for c in row) for row in cells)
-
-    return space.validate(Subnet(resolution=mid(space.resolutions), width=grid(space.widths),
-                                 kernel=grid(space.kernels), depth=grid(space.depths),
-                                 expand=grid(space.expands), exits=(True,) * space.num_stages))
+    """The middle subnet of ``space`` (one definition: :meth:`SearchSpace.middle`)."""
+    return space.middle()
 
 
 def _parse_schedule(schedule: Sequence[dict[str, Any]] | None) -> tuple[ShrinkPhase, ...]:
