@@ -7,9 +7,11 @@ trained under the same wall-clock budget in the same run, then searched, exporte
 Steps (each skipped when its output exists, resumed from its last checkpoint when interrupted):
 
 1. **plan**: time a training step of each path side by side (static ResNet-20; S2DNAS fine-tuning:
-   the sandwich step of the 3-stage supernet plus its static teacher) and turn the budget into
-   epochs: the static baseline trains ``E`` epochs; the S2DNAS path trains its static source for
-   ``source_fraction * E`` epochs and fine-tunes for the rest of the same time. Written once to
+   the sandwich step of the 3-stage supernet plus its static teacher) and split the budget: the
+   static baseline trains ``E`` epochs (``--epochs``); the S2DNAS path trains its static source for
+   ``source_fraction * E`` epochs and fine-tunes for the rest of the same time (the remaining
+   static epochs times the measured step-time ratio). The wall-clock each training really took is
+   reported next to its result. Written once to
    ``plan.json`` (a resumed run keeps it).
 2. **train**: the baseline and the S2DNAS path run at the same time, one thread each.
 3. **search** the S2DNAS supernet at 25%, 50% and 75% of the static ResNet-20's MACs; the static
@@ -132,14 +134,13 @@ def make_plan(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if path.is_file():
         return json.loads(path.read_text())
     t_static, t_s2dnas = time_steps(args.data, 3 if args.quick else 10)
-    steps_per_epoch = args.train_batches or 40500 // 128
-    seconds = 60.0 * args.minutes
-    epochs = max(1, int(seconds / (steps_per_epoch * t_static)))
+    epochs = args.epochs
     source_epochs = max(1, round(args.source_fraction * epochs))
-    ft_epochs = max(1, int((epochs - source_epochs) * t_static / t_s2dnas))
-    plan = {"minutes": args.minutes, "static_step_s": t_static, "s2dnas_step_s": t_s2dnas,
-            "steps_per_epoch": steps_per_epoch, "static_epochs": epochs, "source_epochs": source_epochs,
-            "finetune_epochs": ft_epochs, "source_fraction": args.source_fraction, "quick": args.quick}
+    # The fine-tuning gets the static epochs the source did not use, converted at the measured step-time ratio.
+    ft_epochs = max(1, round((epochs - source_epochs) * t_static / t_s2dnas))
+    plan = {"static_step_s": round(t_static, 4), "s2dnas_step_s": round(t_s2dnas, 4), "static_epochs": epochs,
+            "source_epochs": source_epochs, "finetune_epochs": ft_epochs, "source_fraction": args.source_fraction,
+            "quick": args.quick}
     write_atomic(path, json.dumps(plan, indent=2))
     return plan
 
@@ -346,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "cifar10_reference", help="run folder")
     p.add_argument("--data", default=os.environ.get("ENAS4D_CIFAR10", str(REPO.parent / "shared/data/cifar10/train.npz")),
                    help="CIFAR-10 .npz (x uint8 NHWC, y)")
-    p.add_argument("--minutes", type=float, default=None, help="training wall-clock budget of each path "
-                   "(default 50, or 1 with --quick)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the static baseline, which set the "
+                   "training budget of both paths (default 15, the recipe of design.md section 5; 1 with --quick)")
     p.add_argument("--source-fraction", type=float, default=0.6,
                    help="share of the S2DNAS path's budget spent training its static source (default 0.6)")
     p.add_argument("--quick", action="store_true", help="smoke variant: few batches, small searches (< 15 min)")
@@ -359,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10-reference: error: --source-fraction={args.source_fraction} not allowed; allowed: (0, 1)",
               file=sys.stderr)
         return 2
-    args.minutes = args.minutes if args.minutes is not None else (1.0 if args.quick else 50.0)
+    args.epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
+    if args.epochs < 2 and not args.quick:
+        print(f"cifar10-reference: error: --epochs={args.epochs} not allowed; allowed: >= 2", file=sys.stderr)
+        return 2
     args.train_batches = 30 if args.quick else None
     if args.quick and args.out == REPO / "outputs" / "cifar10_reference":
         args.out = REPO / "outputs" / "cifar10_reference_quick"
