@@ -6,7 +6,9 @@ Lightning's own keys, ``ckpt["enas4d"]``::
     {
       "format_version": 1,
       "supernet": {"name": str, "num_classes": int, "num_stages": int, "in_chans": int,
-                   "spec": NetSpec.to_dict() (optional: older checkpoints rebuild by name)},
+                   "spec": NetSpec.to_dict() (optional: older checkpoints rebuild by name), or
+                           GraphSpec.to_dict() ({"kind": "graph", "source", ...}) of a transformed
+                           torchvision/timm network},
       "space": SearchSpace.to_config(),
       "data": {"name": str, "cfg": dict, "mean": [float], "std": [float],
                "class_names": [str], "image_size": int},
@@ -84,7 +86,12 @@ def supernet_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def build_supernet(sn: dict[str, Any]) -> MultiStageSupernet:
     """The (untrained) supernet a checkpoint's ``supernet`` entry describes: from its stored
-    NetSpec when there is one (transformed supernets have no registered name), else by name."""
+    NetSpec when there is one (transformed supernets have no registered name), else by name; a
+    network transformed from a torchvision/timm graph (``spec.kind == "graph"``) from its source."""
+    if isinstance(sn.get("spec"), dict) and sn["spec"].get("kind") == "graph":
+        from enas4d.transform.graph import build_graph_supernet  # the transform imports this module
+
+        return build_graph_supernet(sn)
     if sn.get("spec") is not None:
         return MultiStageSupernet(NetSpec.from_dict(sn["spec"]), sn["num_classes"], sn["num_stages"],
                                   sn["in_chans"], name=sn["name"])

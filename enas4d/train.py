@@ -87,7 +87,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         if cfg.supernet.name == "from_static":  # S2DNAS: split a trained static network (conf/supernet/from_static.yaml)
             from enas4d.transform.sources import transformed_from_config
 
-            net, teacher_net = transformed_from_config(cfg.supernet, dm.num_classes, dm.in_chans)
+            net, teacher_net = transformed_from_config(cfg.supernet, dm.num_classes, dm.in_chans, dm.image_size)
         else:
             net = create_supernet(cfg.supernet.name, num_classes=dm.num_classes,
                                   num_stages=cfg.supernet.num_stages, in_chans=dm.in_chans)
