@@ -48,8 +48,9 @@ demo: install ## Train on the bundled digits, search at a MAC budget, export, ev
 	$(BIN)/enas4d-evaluate model=$(DEMO)/export hydra.run.dir=$(DEMO)/evaluate-log
 
 # QUICK=1: the smoke variant (a few batches per epoch, small searches; under 15 minutes).
+# GPU=1: train on one GPU with a 60-epoch static budget (trainer=gpu).
 cifar10-reference: install ## CIFAR-10: static ResNet-20 vs enas4d (S2DNAS) at the same training time -> outputs/cifar10_reference/results.md
-	$(BIN)/python tools/cifar10_reference.py $(if $(QUICK),--quick,)
+	$(BIN)/python tools/cifar10_reference.py $(if $(QUICK),--quick,) $(if $(GPU),--gpu --epochs 60,)
 
 bench: install ## Run the benchmark scripts in tools/ (each prints ratios measured side by side)
 	$(BIN)/python tools/bench_supernet.py --threads 1

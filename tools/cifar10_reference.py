@@ -104,6 +104,9 @@ def time_steps(data_path: str, n_steps: int) -> tuple[float, float]:
     from enas4d.training.module import SupernetModule
     from enas4d.transform import from_static
 
+    from omegaconf import OmegaConf
+
+    n_random = int(OmegaConf.load(REPO / "conf/experiment/s2dnas_resnet20_cifar10.yaml").module.n_random)
     torch.set_num_threads(1)
     static = create_supernet("resnet20_static", num_classes=10, num_stages=1)
     teacher = create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
@@ -112,7 +115,7 @@ def time_steps(data_path: str, n_steps: int) -> tuple[float, float]:
             "image_size": 32}
     sgd = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
     paths = {"static": SupernetModule(static, sgd, None, meta, n_random=1),
-             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=1, teacher_net=teacher)}
+             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=n_random, teacher_net=teacher)}
     opts = {k: sgd(m.net.parameters()) for k, m in paths.items()}
     x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -150,6 +153,8 @@ def train_cmd(run_dir: Path, overrides: list[str], args: argparse.Namespace) -> 
     """enas4d-train in ``run_dir``, resuming from its last checkpoint when there is one."""
     cmd = [str(BIN / "enas4d-train"), f"hydra.run.dir={run_dir}", f"data.path={args.data}",
            "callbacks.rich_progress_bar=null", "summary=false", *overrides]
+    if args.gpu:
+        cmd += ["trainer=gpu", "torch_threads=null", "data.num_workers=4"]
     if args.quick:
         cmd += [f"trainer.limit_train_batches={args.train_batches}", "trainer.limit_val_batches=2",
                 "module.calibration_images=256"]
@@ -348,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=os.environ.get("ENAS4D_CIFAR10", str(REPO.parent / "shared/data/cifar10/train.npz")),
                    help="CIFAR-10 .npz (x uint8 NHWC, y)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the static baseline, which set the "
-                   "training budget of both paths (default 15, the recipe of design.md section 5; 1 with --quick)")
+                   "training budget of both paths (default 10; design.md's recipe is 15; 1 with --quick)")
     p.add_argument("--source-fraction", type=float, default=0.6,
                    help="share of the S2DNAS path's budget spent training its static source (default 0.6)")
+    p.add_argument("--gpu", action="store_true", help="train on one GPU (trainer=gpu); use with a longer "
+                   "schedule, e.g. --epochs 60")
     p.add_argument("--quick", action="store_true", help="smoke variant: few batches, small searches (< 15 min)")
     args = p.parse_args(argv)
     if not Path(args.data).is_file():
@@ -360,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cifar10-reference: error: --source-fraction={args.source_fraction} not allowed; allowed: (0, 1)",
               file=sys.stderr)
         return 2
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
+    args.epochs = args.epochs if args.epochs is not None else (1 if args.quick else 10)
     if args.epochs < 2 and not args.quick:
         print(f"cifar10-reference: error: --epochs={args.epochs} not allowed; allowed: >= 2", file=sys.stderr)
         return 2
