@@ -330,10 +330,3 @@ class SearchSpace:
         return cls(widths=tuples(d["widths"]), kernels=tuples(d["kernels"]), depths=tuples(d["depths"]),
                    expands=tuples(d["expands"]), resolutions=tuple(int(r) for r in d["resolutions"]),
                    elastic_exits=bool(d["elastic_exits"]))
-
-    def size(self) -> int:
-        """Number of distinct subnets (architectures x exit sets)."""
-        n = 1
-        for gene in self._genes():
-            n *= len(gene.choices)
-        return n

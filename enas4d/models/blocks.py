@@ -61,7 +61,6 @@ class MSBlock(nn.Module):
     """Shared logic: a chain of (conv, bn, act), an optional shortcut, residual and final act."""
 
     identity_residual: bool  # x + f(x) (in and out widths are the same gene)
-    project_shortcut: bool  # proj(x) + f(x)
 
     def __init__(self, stride: int):
         super().__init__()
@@ -158,7 +157,7 @@ class MBBlock(MSBlock):
                            MSConv2d(hid, out_chs, 1)])
         self.bns.extend([MSBatchNorm2d(hid), MSBatchNorm2d(hid), MSBatchNorm2d(out_chs)])
         self.acts.extend([make_act(act), make_act(act), nn.Identity()])
-        self.identity_residual, self.project_shortcut = residual, False
+        self.identity_residual = residual
 
     def _conv_shapes(self, cfg):
         K = len(cfg.o)
@@ -177,7 +176,6 @@ class BasicBlock(MSBlock):
         self.acts.extend([make_act(act), nn.Identity()])
         self.out_act = make_act(act)
         self.identity_residual = residual
-        self.project_shortcut = not residual
         if not residual:
             self.sc_conv = MSConv2d(in_chs, out_chs, 1, stride)
             self.sc_bn = MSBatchNorm2d(out_chs)

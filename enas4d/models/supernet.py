@@ -64,6 +64,9 @@ class NetSpec:
         return cls(**d)
 
 
+IDEMPOTENT_ACTS = ("relu", "none")  # act(act(x)) == act(x)
+
+
 def split_width(total: int, k: int) -> tuple[int, ...]:
     """Split ``total`` channels into ``k`` slices, the first ones one wider when it does not divide."""
     if total < k:
@@ -192,6 +195,12 @@ class MultiStageSupernet(nn.Module):
             raise ValueError(f"num_stages: {num_stages} not allowed; allowed values: 1..6")
         if spec.block not in ("mb", "basic"):
             raise ValueError(f"spec.block: {spec.block!r} not allowed; allowed values: ['basic', 'mb']")
+        # A basic block applies its activation after the residual add to every slice, including the
+        # slices that skip it (they pass through): only an idempotent activation leaves those unchanged.
+        bad = [gs.act for gs in spec.groups if spec.block == "basic" and gs.act not in IDEMPOTENT_ACTS]
+        if bad:
+            raise ValueError(f"spec.groups[].act={bad[0]!r} not allowed with basic blocks; allowed values: "
+                             f"{list(IDEMPOTENT_ACTS)} (pass-through slices would be activated twice)")
         self.spec, self.num_classes, self.num_stages, self.in_chans, self.name = \
             spec, num_classes, num_stages, in_chans, name
         self.space = space_from_spec(spec, num_stages)

@@ -198,3 +198,16 @@ def test_plans_live_on_the_model_device(name):
         loss, _ = multi_exit_loss(logits, y, [1.0] * len(logits), 0.1)
         loss.backward()
         assert logits[-1].device.type == "meta"
+
+
+def test_basic_blocks_refuse_a_non_idempotent_activation():
+    """hswish after the residual add would be applied again to slices that skip a block."""
+    import dataclasses as dc
+
+    from enas4d.models.families import RESNET_CIFAR
+    from enas4d.models.supernet import GroupSpec, MultiStageSupernet
+
+    spec = dc.replace(RESNET_CIFAR, groups=(GroupSpec(16, 2, 1, "hswish"), GroupSpec(32, 2, 2)))
+    with pytest.raises(ValueError, match=r"spec.groups\[\].act='hswish' not allowed with basic blocks; "
+                                         r"allowed values: \['relu', 'none'\]"):
+        MultiStageSupernet(spec, 10, 3)
