@@ -142,9 +142,20 @@ def _print_summary(module: SupernetModule, metrics: dict[str, float]) -> None:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train (or resume, with ``cfg.ckpt_path``) a supernet; returns (final metrics, built objects)."""
+    """Train (or resume, with ``cfg.ckpt_path``) a supernet; returns (final metrics, built objects).
+
+    ``cfg.torch_threads`` applies while it runs; the caller's thread count is restored after.
+    """
+    old_threads = torch.get_num_threads()
     if cfg.torch_threads is not None:
         torch.set_num_threads(int(cfg.torch_threads))
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     objects = build(cfg)
     trainer: pl.Trainer = objects["trainer"]
     if trainer.is_global_zero:

@@ -93,6 +93,14 @@ DEFAULT_BN_IMAGES, DEFAULT_BN_BATCH_SIZE = 1000, 200  # the search's defaults (c
 
 def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Export ``cfg.result``'s subnet of ``cfg.ckpt`` into ``cfg.out``; returns ``subnet.json``'s content."""
+    old_threads = torch.get_num_threads()  # cfg.threads applies while it runs, not after
+    try:
+        return _export(cfg, console)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
     from enas4d.search.cli import build_datamodule  # the search's data rebuild: same split, same images
     from enas4d.search.evaluator import SearchError
     from enas4d.training.calibration import CalibrationSet

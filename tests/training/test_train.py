@@ -183,3 +183,13 @@ def test_cifar10_cpu_preset_runs_one_batch(tiny_cfg):
                                       "data.eval_batch_size=64", "module.calibration_images=64"))
     dm = objects["datamodule"]
     assert dm.num_classes == 10 and len(dm.class_names) == 10 and "val/acc" in metrics
+
+
+def test_train_restores_the_callers_thread_count(tiny_cfg):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train(tiny_cfg("torch_threads=1", "trainer.limit_train_batches=1", "logger=none"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
