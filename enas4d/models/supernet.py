@@ -177,7 +177,41 @@ class ExitHead(nn.Module):
         return st.Head(pre, hidden, cut(self.classifier))
 
 
-class MultiStageSupernet(nn.Module):
+class ActiveSubnet(nn.Module):
+    """The active-subnet state every supernet shares: ``set_subnet`` (the subclass's, the only writer)
+    stores a plan with a ``subnet`` field in ``_plan``; a move to another device rebuilds it there."""
+
+    _plan: Any = None  # set by set_subnet
+
+    def set_subnet(self, s: Subnet) -> None:
+        """Make ``s`` the active subnet."""
+        raise NotImplementedError
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
+        """Move/cast parameters (``.to``, ``.cuda``, ...), then rebuild the plan on the new device."""
+        out = super()._apply(fn, recurse)
+        if self._plan is not None:
+            self.set_subnet(self._plan.subnet)
+        return out
+
+    @property
+    def subnet(self) -> Subnet:
+        """The active subnet."""
+        assert self._plan is not None
+        return self._plan.subnet
+
+    @contextlib.contextmanager
+    def active(self, s: Subnet) -> Iterator["ActiveSubnet"]:
+        """Context manager: ``s`` is active inside, the previous subnet is restored after."""
+        old = self.subnet
+        self.set_subnet(s)
+        try:
+            yield self
+        finally:
+            self.set_subnet(old)
+
+
+class MultiStageSupernet(ActiveSubnet):
     """Elastic multi-stage supernet: K stages, each with its own exit, over one NetSpec.
 
     Args:
@@ -276,29 +310,6 @@ class MultiStageSupernet(nn.Module):
             heads.append(HeadPlan(len(cols), None if full else torch.tensor(cols, dtype=torch.long,
                                                                             device=self.stem.weight.device)))
         self._plan = NetPlan(s, stem, blocks, heads)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
-        """Move/cast parameters (``.to``, ``.cuda``, ...), then rebuild the plan on the new device."""
-        out = super()._apply(fn, recurse)
-        if self._plan is not None:
-            self.set_subnet(self._plan.subnet)
-        return out
-
-    @property
-    def subnet(self) -> Subnet:
-        """The active subnet."""
-        assert self._plan is not None
-        return self._plan.subnet
-
-    @contextlib.contextmanager
-    def active(self, s: Subnet) -> Iterator["MultiStageSupernet"]:
-        """Context manager: ``s`` is active inside, the previous subnet is restored after."""
-        old = self.subnet
-        self.set_subnet(s)
-        try:
-            yield self
-        finally:
-            self.set_subnet(old)
 
     # ----------------------------------------------------------------- forward
     def check_input(self, x: Tensor) -> None:

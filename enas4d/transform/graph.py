@@ -39,17 +39,16 @@ outputs. Every stage reads all earlier slices (the paper's concat indicators are
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from enas4d.models import static as st
-from enas4d.models.supernet import MultiStageSupernet
+from enas4d.models.supernet import ActiveSubnet, MultiStageSupernet
 from enas4d.nn.layers import MSBatchNorm2d, offsets
 from enas4d.space import Subnet
 from enas4d.transform import graph_static as gs
@@ -251,7 +250,7 @@ class _Op:
     keep: bool  # its value is a tap later stages extend (read whole by a dense conv or the heads)
 
 
-class GraphSupernet(nn.Module):
+class GraphSupernet(ActiveSubnet):
     """A static CNN split into K stages from its graph (module docstring); MultiStageSupernet's interface.
 
     Args:
@@ -376,29 +375,6 @@ class GraphSupernet(nn.Module):
             cols = [p * lay.mult + j for p in pos for j in range(lay.mult)]
             heads.append((len(pos), idx(cols, head.layers[0].weight.shape[1])))
         self._plan = _Plan(s, conv, bns, cat, heads)
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's signature
-        """Move/cast parameters, then rebuild the plan on the new device."""
-        out = super()._apply(fn, recurse)
-        if self._plan is not None:
-            self.set_subnet(self._plan.subnet)
-        return out
-
-    @property
-    def subnet(self) -> Subnet:
-        """The active subnet."""
-        assert self._plan is not None
-        return self._plan.subnet
-
-    @contextlib.contextmanager
-    def active(self, s: Subnet) -> Iterator["GraphSupernet"]:
-        """Context manager: ``s`` is active inside, the previous subnet is restored after."""
-        old = self.subnet
-        self.set_subnet(s)
-        try:
-            yield self
-        finally:
-            self.set_subnet(old)
 
     # ----------------------------------------------------------------- forward
     check_input = MultiStageSupernet.check_input
