@@ -7,6 +7,10 @@ exit ``k`` but the last a threshold ``t_k``: image ``i`` leaves at the first ena
 ``conf[k, i] >= t_k``. Its cost per image is the cumulative MACs ``C_k`` of that exit, counting only
 enabled heads (design.md section 3); its expected MACs are the mean over images.
 
+The cost is a parameter: every function here takes per-stage ``body`` and ``heads`` costs as
+integers in any additive unit, MACs by default, or a device profile's predicted nanoseconds per
+image for a latency budget (:mod:`enas4d.search.latency`); fields named ``*_macs`` then hold that unit.
+
 :func:`calibrate` finds the policy of highest validation accuracy whose expected MACs are within a
 budget (ties: the cheaper one), touching only the table, never the network.
 
@@ -385,9 +389,10 @@ def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
 
     Args:
         table: the candidate's cached validation pass (all K exits).
-        body: (K,) MACs per image of each stage's body increment (``net.stage_macs``).
-        heads: (K,) MACs per image of each exit head.
-        budget: average MACs per image.
+        body: (K,) cost per image of each stage's body increment: MACs (``net.stage_macs``), or any
+            additive integer cost such as predicted nanoseconds (:class:`~enas4d.search.latency.LatencyCosts`).
+        heads: (K,) cost per image of each exit head, same unit.
+        budget: average cost per image, same unit.
         elastic_exits: may exits before the last be disabled (the space's ``elastic_exits``)?
         grid: threshold levels per exit for the first ``m - 2`` of ``m >= 3`` exits (see module
             docstring); ``None`` makes them exact too (``O(N^(m-1))``, small cases only).

@@ -1,6 +1,11 @@
-"""``enas4d-search``: find the subnet and exit thresholds of best validation accuracy for a MAC budget.
+"""``enas4d-search``: find the subnet and exit thresholds of best validation accuracy for a budget.
 
     enas4d-search ckpt=outputs/demo/train/checkpoints/last.ckpt budget=0.5x
+    enas4d-search ckpt=... budget=2.5ms device_profile=outputs/demo/profile/profile.json
+
+The budget is average MACs per image, or average latency per image on the machine a device profile
+(``enas4d-profile``) was measured on: then the per-stage costs the thresholds are calibrated with are
+that profile's predicted latencies (integer nanoseconds) instead of MACs, and nothing else changes.
 
 Everything is rebuilt from the checkpoint (supernet, weights, search space, and the datamodule
 with the training run's split and normalisation), so the search runs on the validation split
@@ -10,6 +15,7 @@ is the thin Hydra entry point. Settings: conf/search.yaml.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -18,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 import numpy as np
@@ -29,11 +35,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from enas4d.checkpoint import CheckpointError, CheckpointMeta, load_supernet
 from enas4d.models import MultiStageSupernet
-from enas4d.search.budget import BUDGET_HELP, BudgetError, format_macs, parse_budget
+from enas4d.search.budget import BUDGET_HELP, Budget, BudgetError, format_macs, format_seconds, parse_budget
 from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, min_cost, pareto_indices,
-                                     tradeoff)
+                                     simulate, tradeoff)
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
 from enas4d.search.evolution import EvolutionConfig, Scored, run_search
+from enas4d.search.latency import NS_PER_SECOND, DeviceProfile, LatencyCosts, LatencyError
 from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
@@ -56,30 +63,35 @@ _INT_FIELDS: dict[str, tuple[int | None, bool]] = {
     "seed": (None, False), "bn.images": (1, False), "bn.batch_size": (1, False), "eval_batch_size": (1, False),
     "calibration_grid": (2, True), "front_levels": (1, False), "threads": (1, True),
     "predictor.screen_factor": (1, False), "predictor.min_train": (2, False), "predictor.hidden": (1, False),
-    "predictor.epochs": (1, False), "controller.hidden": (1, False), "controller.samples": (1, False)}
+    "predictor.epochs": (1, False), "controller.hidden": (1, False), "controller.samples": (1, False),
+    "latency_batch_size": (1, True)}
 _FLOAT_FIELDS = ("parents", "mutation_prob", "crossover_prob", "predictor.lr", "predictor.holdout", "controller.lr",
                  "controller.entropy_weight", "controller.baseline_decay", "controller.cost_exponent")
 _BOOL_FIELDS = ("seed_largest", "progress", "predictor.enabled")
 DEVICES = "auto, cpu, cuda, cuda:N"
+# Per-stage costs of an architecture, (body, heads) in the budget's integer unit (MACs or nanoseconds).
+StageCosts = Callable[[Subnet], tuple[list[int], list[int]]]
 
 
 class DynamicProblem:
     """Early-exit subnets: fitness = accuracy of the best threshold policy within the budget."""
 
-    def __init__(self, evaluator: CandidateEvaluator, budget: float, grid: int | None):
+    def __init__(self, evaluator: CandidateEvaluator, budget: float, grid: int | None,
+                 costs: StageCosts | None = None):
         self.evaluator, self.budget, self.grid = evaluator, budget, grid
+        self.costs = costs or evaluator.stage_macs  # the budget's unit: MACs unless told
         self.elastic = evaluator.net.space.elastic_exits
         self.policies: dict[str, Policy] = {}
 
     def feasible(self, arch: Subnet) -> bool:
         """Some policy fits: every image leaving at the first exit is within budget."""
-        return min_cost(*self.evaluator.stage_macs(arch)) <= self.budget
+        return min_cost(*self.costs(arch)) <= self.budget
 
     def policy(self, arch: Subnet) -> Policy:
         """The calibrated policy of ``arch`` (from its cached validation pass)."""
         key = CandidateEvaluator.key(arch)
         if key not in self.policies:
-            body, heads = self.evaluator.stage_macs(arch)
+            body, heads = self.costs(arch)
             pol = calibrate(self.evaluator.table(arch), body, heads, self.budget, self.elastic, self.grid)
             if pol is None:
                 raise SearchError(f"search: no policy of {key} fits the budget although it was deemed feasible")
@@ -87,7 +99,7 @@ class DynamicProblem:
         return self.policies[key]
 
     def score(self, arch: Subnet) -> tuple[float, float]:
-        """(accuracy, expected MACs) of the calibrated policy."""
+        """(accuracy, expected cost) of the calibrated policy."""
         pol = self.policy(arch)
         return pol.accuracy, pol.expected_macs
 
@@ -95,12 +107,13 @@ class DynamicProblem:
 class StaticProblem:
     """Single-exit subnets (only the last exit): fitness = its accuracy, cost = its MACs."""
 
-    def __init__(self, evaluator: CandidateEvaluator, budget: float):
+    def __init__(self, evaluator: CandidateEvaluator, budget: float, costs: StageCosts | None = None):
         self.evaluator, self.budget = evaluator, budget
+        self.costs = costs or evaluator.stage_macs  # the budget's unit: MACs unless told
 
     def cost(self, arch: Subnet) -> int:
-        """MACs per image of ``arch`` with only its last exit."""
-        body, heads = self.evaluator.stage_macs(arch)
+        """Cost per image (MACs, or the budget's unit) of ``arch`` with only its last exit."""
+        body, heads = self.costs(arch)
         return exit_costs(body, heads, (False,) * (len(body) - 1) + (True,))[-1]
 
     def feasible(self, arch: Subnet) -> bool:
@@ -181,6 +194,9 @@ def _check_inputs(cfg: DictConfig) -> None:
                           "e.g. ckpt=outputs/demo/train/checkpoints/last.ckpt")
     if OmegaConf.is_missing(cfg, "budget") or cfg.budget is None:
         raise BudgetError(f"budget: missing; {BUDGET_HELP}")
+    if cfg.device_profile is not None and (not isinstance(cfg.device_profile, str) or not cfg.device_profile.strip()):
+        raise LatencyError(f"device_profile: {cfg.device_profile!r} not allowed; allowed values: the path of an "
+                           "enas4d-profile profile.json, or null")
     for name, (low, nullable) in _INT_FIELDS.items():
         value = OmegaConf.select(cfg, name)
         allowed = "integers" + ("" if low is None else f" >= {low}") + (" or null" if nullable else "")
@@ -225,6 +241,7 @@ class _Progress:
     """A rich progress bar per search phase, showing candidates evaluated and the best so far."""
 
     progress: Progress | None
+    fmt: Callable[[float], str] = lambda cost: f"{format_macs(cost)} MACs"  # a cost, readable
     task: Any = None
 
     def start(self, label: str, total: int) -> None:
@@ -233,8 +250,7 @@ class _Progress:
 
     def update(self, best: Scored) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, advance=1,
-                                 best=f"{100 * best.fitness:.2f}% @ {format_macs(best.cost)} MACs")
+            self.progress.update(self.task, advance=1, best=f"{100 * best.fitness:.2f}% @ {self.fmt(best.cost)}")
 
 
 def _best(scored: list[Scored]) -> Scored:
@@ -245,7 +261,7 @@ def _best(scored: list[Scored]) -> Scored:
 def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Run the search described by ``cfg`` (conf/search.yaml); write outputs to ``out_dir``.
 
-    Returns the ``result.json`` dict. Bad input raises SearchError, BudgetError or
+    Returns the ``result.json`` dict. Bad input raises SearchError, BudgetError, LatencyError or
     CheckpointError (one-line messages) before anything is written.
     """
     _check_inputs(cfg)
@@ -266,25 +282,85 @@ class _Setup:
 
     net: MultiStageSupernet  # on the search's device
     meta: CheckpointMeta
-    budget: float  # MACs per image
+    budget: float  # per image, in the cost unit: MACs, or nanoseconds for a latency budget
     largest_macs: int  # largest subnet, all exits computed, every image to the last
     smallest_macs: int  # smallest subnet, every image leaving at the first exit
     evaluator: CandidateEvaluator
     cache_path: Path
+    unit: str = "macs"  # of the budget: "macs" or "seconds" (costs are then integer nanoseconds)
+    costs: StageCosts | None = None  # per-stage costs in the cost unit (None: evaluator.stage_macs)
+    largest_cost: float = 0.0  # largest_macs in the cost unit
+    smallest_cost: float = 0.0  # smallest_macs in the cost unit
+    profile: DeviceProfile | None = None  # device_profile=, when given
+    latency: LatencyCosts | None = None  # its predicted per-stage latencies at latency_batch_size
+
+    def stage_costs(self, arch: Subnet) -> tuple[list[int], list[int]]:
+        """Per-stage (body, heads) costs of ``arch`` in the cost unit."""
+        return (self.costs or self.evaluator.stage_macs)(arch)
+
+    def to_unit(self, cost: float) -> float:
+        """A cost in the budget's unit: MACs, or seconds per image (from nanoseconds)."""
+        return cost / NS_PER_SECOND if self.unit == "seconds" else cost
+
+    def fmt(self, cost: float) -> str:
+        """A cost, readable: ``2.5M`` (MACs) or ``2.5ms``."""
+        return format_seconds(self.to_unit(cost)) if self.unit == "seconds" else format_macs(cost)
+
+    def label(self, cost: float) -> str:
+        """A cost with its unit: ``2.5M MACs`` or ``2.5ms``."""
+        return self.fmt(cost) if self.unit == "seconds" else f"{format_macs(cost)} MACs"
+
+
+_NO_PROFILE = ("device_profile: missing; budget={budget} is a latency, which needs a profile of this supernet on "
+               "the target machine: run enas4d-profile ckpt=... and pass device_profile=PATH/profile.json")
+
+
+def _open_profile(cfg: DictConfig, spec: Budget, net: MultiStageSupernet, meta: CheckpointMeta
+                  ) -> tuple[DeviceProfile | None, LatencyCosts | None]:
+    """The device profile of ``device_profile=`` and its latency predictor (None, None without one).
+
+    A latency budget needs one; it must be a profile of this checkpoint's supernet and hold
+    ``latency_batch_size`` (null: its own batch size). LatencyError names the field otherwise.
+    """
+    if cfg.device_profile is None:
+        if spec.latency:
+            raise LatencyError(_NO_PROFILE.format(budget=cfg.budget))
+        return None, None
+    profile = DeviceProfile.load(str(cfg.device_profile))
+    profile.check_supernet(meta.supernet, meta.space)
+    bs = None if cfg.latency_batch_size is None else int(cfg.latency_batch_size)
+    on_cpu = next(net.parameters()).device.type == "cpu"  # features are read on the CPU
+    return profile, LatencyCosts(net if on_cpu else copy.deepcopy(net).cpu(), profile.model(bs))
 
 
 def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     """Check the budget, rebuild supernet and data from the checkpoint, open the cache."""
     budget_spec = parse_budget(cfg.budget)
+    if budget_spec.latency and cfg.device_profile is None:  # before the (slow) checkpoint load
+        raise LatencyError(_NO_PROFILE.format(budget=cfg.budget))
     _check_config(cfg)
     device = resolve_device(cfg.device)
     net, meta = load_supernet(cfg.ckpt)
+    profile, latency = _open_profile(cfg, budget_spec, net, meta)
     net.to(device)  # the evaluator moves each batch to the network's device
     space = net.space
     largest_macs = net.macs(space.largest())[-1]
     smallest_macs = min_cost(*net.stage_macs(space.smallest()))
     budget = budget_spec.resolve(largest_macs)
-    if budget < smallest_macs:
+    costs = latency if budget_spec.latency else None
+    largest_cost, smallest_cost = float(largest_macs), float(smallest_macs)
+    if costs is not None:
+        budget = budget_spec.value * NS_PER_SECOND
+        largest = space.largest()
+        largest_cost = float(exit_costs(*costs(largest), largest.exits)[-1])
+        smallest_cost = float(min_cost(*costs(space.smallest())))
+        if budget < smallest_cost:
+            raise BudgetError(f"budget: {format_seconds(budget_spec.value)}/image is below the smallest predicted "
+                              f"latency {format_seconds(smallest_cost / NS_PER_SECOND)} (the smallest subnet, every "
+                              f"image leaving at exit 1, on the profiled machine at batch "
+                              f"{latency.model.batch_size}); use budget >= "
+                              f"{format_seconds(smallest_cost / NS_PER_SECOND)}")
+    if budget < smallest_macs and costs is None:
         raise BudgetError(f"budget: {format_macs(budget)} MACs/image is below the smallest achievable "
                           f"{smallest_macs} ({format_macs(smallest_macs)}: the smallest subnet, every image "
                           f"leaving at exit 1); use budget >= {smallest_macs}")
@@ -306,11 +382,20 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
                    "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
     cache_path = Path(str(cfg.cache_dir)) / f"{Path(cfg.ckpt).stem}-{fingerprint_name(fingerprint)}.jsonl"
     cache = EvalCache(cache_path, fingerprint, labels)
-    console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget {format_macs(budget)} "
-                  f"MACs/image (largest subnet {format_macs(largest_macs)}, smallest {format_macs(smallest_macs)}); "
-                  f"{len(labels)} validation images on {device}; cache {cache_path} ({len(cache)} architectures)")
+    if costs is None:
+        console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget {format_macs(budget)} "
+                      f"MACs/image (largest subnet {format_macs(largest_macs)}, smallest "
+                      f"{format_macs(smallest_macs)}); {len(labels)} validation images on {device}; cache "
+                      f"{cache_path} ({len(cache)} architectures)")
+    else:
+        console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget "
+                      f"{format_seconds(budget_spec.value)}/image predicted by {profile.path} at batch "
+                      f"{latency.model.batch_size} (largest subnet {format_seconds(largest_cost / NS_PER_SECOND)}, "
+                      f"smallest {format_seconds(smallest_cost / NS_PER_SECOND)}); {len(labels)} validation images "
+                      f"on {device}; cache {cache_path} ({len(cache)} architectures)")
     evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
-    return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path)
+    return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path, budget_spec.unit, costs,
+                  largest_cost, smallest_cost, profile, latency)
 
 
 def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticProblem,
@@ -320,11 +405,11 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
     prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console,
                     disable=not cfg.progress)
-    bar = _Progress(prog)
+    bar = _Progress(prog, st.label)
     with prog:
-        if st.budget >= st.largest_macs:
-            console.print(f"search: budget {format_macs(st.budget)} is at or above the largest subnet's cost "
-                          f"{format_macs(st.largest_macs)}; every subnet fits, returning the largest subnet")
+        if st.budget >= st.largest_cost:
+            console.print(f"search: budget {st.fmt(st.budget)} is at or above the largest subnet's cost "
+                          f"{st.fmt(st.largest_cost)}; every subnet fits, returning the largest subnet")
             bar.start("largest", 1)
             largest = space.largest()
             s = Scored(largest, *dyn.score(largest), step=0)
@@ -335,14 +420,14 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
         dynamic = _tracked_search(space, dyn, _evolution_config(cfg, int(cfg.evaluations)), "dynamic", bar,
                                   console, rank, int(cfg.predictor.screen_factor), ctrl)
         if not dynamic:  # only policy_gradient can end empty: it samples instead of shrinking until it fits
-            raise SearchError(f"search: {cfg.algorithm} drew no architecture that fits {format_macs(st.budget)} "
-                              f"MACs/image in {cfg.max_tries} samples; raise max_tries or the budget, or use "
+            raise SearchError(f"search: {cfg.algorithm} drew no architecture that fits {st.label(st.budget)}/image "
+                              f"in {cfg.max_tries} samples; raise max_tries or the budget, or use "
                               "algorithm=evolution (it shrinks candidates until they fit)")
         static: list[Scored] = []
         if int(cfg.static_evaluations) > 0:
             if not sta.feasible(space.smallest()):
-                console.print(f"search: no static (single-exit) subnet fits {format_macs(st.budget)}; the "
-                              f"smallest costs {format_macs(sta.cost(space.smallest()))}")
+                console.print(f"search: no static (single-exit) subnet fits {st.fmt(st.budget)}; the "
+                              f"smallest costs {st.fmt(sta.cost(space.smallest()))}")
             else:
                 # Its own random stream: it explores independently (shared evaluations come free).
                 scfg = _evolution_config(cfg, int(cfg.static_evaluations), stream=1)
@@ -374,18 +459,19 @@ def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
     """
     dyn_rows: list[tuple[float, float, Subnet]] = []
     for a, pol in dyn_all:
-        body, heads = st.evaluator.stage_macs(a)
+        body, heads = st.stage_costs(a)
         curve, curve_exits = tradeoff(st.evaluator.table(a), body, heads, st.net.space.elastic_exits,
                                       int(cfg.front_levels))
         dyn_rows += [(float(m), float(acc), _apply_exits(a, e)) for (m, acc), e in zip(curve, curve_exits)]
         dyn_rows.append((pol.expected_macs, pol.accuracy, _apply_exits(a, pol.exits)))
     sta_rows = [(macs, acc, static_subnet(a)) for a, acc, macs in static_pts]
     rows, fronts = [], []
+    key = "expected_latency" if st.unit == "seconds" else "expected_macs"  # seconds or MACs per image
     for kind, pts in (("dynamic", dyn_rows), ("static", sta_rows)):
         idx = pareto_indices(np.array([[m, acc] for m, acc, _ in pts]).reshape(-1, 2))
-        rows += [{"kind": kind, "expected_macs": pts[i][0], "val_accuracy": pts[i][1], "subnet": pts[i][2].to_json()}
+        rows += [{"kind": kind, key: st.to_unit(pts[i][0]), "val_accuracy": pts[i][1], "subnet": pts[i][2].to_json()}
                  for i in idx]
-        fronts.append(np.array([pts[i][:2] for i in idx]).reshape(-1, 2))
+        fronts.append(np.array([[st.to_unit(pts[i][0]), pts[i][1]] for i in idx]).reshape(-1, 2))
     return rows, fronts[0], fronts[1]
 
 
@@ -395,8 +481,8 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     st = _prepare(cfg, console)
     net, space, budget, evaluator = st.net, st.net.space, st.budget, st.evaluator
     grid = None if cfg.calibration_grid is None else int(cfg.calibration_grid)
-    dyn = DynamicProblem(evaluator, budget, grid)
-    sta = StaticProblem(evaluator, budget)
+    dyn = DynamicProblem(evaluator, budget, grid, st.costs)
+    sta = StaticProblem(evaluator, budget, st.costs)
     dynamic_scored, static_scored = _run_searches(cfg, st, dyn, sta, console)
 
     # Every architecture scored in this run counts for both kinds (its pass gives both numbers).
@@ -405,10 +491,14 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     best_arch, policy = min(dyn_all, key=lambda ap: (-ap[1].correct, ap[1].total_macs))
     static_pts = [(a, *sta.score(a)) for a in archs]
     static_fit = [p for p in static_pts if p[2] <= budget]
-    static_best = None
+    static_best, static_fit_cost = None, 0.0
     if static_fit:
-        a, acc, macs = min(static_fit, key=lambda p: (-p[1], p[2]))
+        a, acc, cost = min(static_fit, key=lambda p: (-p[1], p[2]))
+        macs = exit_costs(*evaluator.stage_macs(a), static_subnet(a).exits)[-1]
         static_best = {"subnet": space.to_dict(static_subnet(a)), "val_accuracy": acc, "macs": int(macs)}
+        static_fit_cost = float(cost)
+        if st.latency is not None:
+            static_best["latency"] = st.latency.exit_seconds(static_subnet(a))[-1]
     front_rows, dyn_front, sta_front = _fronts(cfg, st, dyn_all, static_pts)
 
     report = None
@@ -420,25 +510,43 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
             report = {"kendall_tau": rep.kendall_tau, "n_train": rep.n_train, "n_test": rep.n_test,
                       "used_for_screening": bool(pc.enabled)}
 
-    body, heads = evaluator.stage_macs(best_arch)
+    body, heads = st.stage_costs(best_arch)
     held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, int(cfg.seed))
+    chosen = _apply_exits(best_arch, policy.exits)
+    # The policy's MACs (and, with a profile, its predicted latency) whatever the budget's unit.
+    in_macs = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *evaluator.stage_macs(best_arch))
+    latency = None
+    if st.latency is not None:
+        in_ns = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *st.latency(best_arch))
+        latency = {"device_profile": st.profile.path, "device_profile_sha256": st.profile.sha256,
+                   "batch_size": st.latency.model.batch_size,
+                   "expected": in_ns.expected_macs / NS_PER_SECOND,  # predicted average seconds per image
+                   "exit_latency": st.latency.exit_seconds(chosen),  # predicted cumulative, per enabled exit
+                   "budget": st.to_unit(budget) if st.unit == "seconds" else None,
+                   "largest": st.latency.exit_seconds(space.largest())[-1],
+                   "fit": st.profile.data["fit"].get(str(st.latency.model.batch_size)),
+                   **{k: st.profile.data[k] for k in ("machine", "torch", "threads", "clock", "runtime")}}
     enabled = [k for k, on in enumerate(policy.exits) if on]
     result = {
-        "subnet": space.to_dict(_apply_exits(best_arch, policy.exits)),
+        "subnet": space.to_dict(chosen),
         "thresholds": [policy.thresholds[k] for k in enabled],  # one per enabled exit, the last 0.0
         "exit_stages": enabled,  # 0-based stage of each enabled exit
         "confidence": str(cfg.confidence),
         "val_accuracy": policy.accuracy,
-        "expected_macs": policy.expected_macs,
-        "budget": budget,
+        "expected_macs": in_macs.expected_macs,
+        "budget": st.to_unit(budget),  # in budget_unit
+        "budget_unit": st.unit,  # "macs" (per image) or "seconds" (per image, predicted by latency.device_profile)
+        "expected_latency": None if latency is None else latency["expected"],  # seconds per image, predicted
         "exit_rates": [policy.exit_rates[k] for k in enabled],
-        "exit_macs": [policy.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
+        "exit_macs": [in_macs.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "checkpoint_sha256": file_digest(cfg.ckpt),  # export refuses other weights at the same path
         "static_best": static_best,
         # The chosen architecture's thresholds fitted on one half of the validation images and
         # scored on the other (both ways): val_accuracy without the optimism of fitting on it.
-        "cross_fitted": None if held is None else {"val_accuracy": held[0], "expected_macs": held[1]},
+        "cross_fitted": None if held is None else {"val_accuracy": held[0],
+                                                   ("expected_latency" if st.unit == "seconds" else "expected_macs"):
+                                                       st.to_unit(held[1])},
         "num_val_images": evaluator.labels.size,
         "largest_macs": int(st.largest_macs),
         "smallest_macs": int(st.smallest_macs),
@@ -455,13 +563,14 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
                                   if cfg.algorithm == "policy_gradient" else None),
                    "seconds": round(time.perf_counter() - start, 2)},
         "predictor": report,
+        "latency": latency,
     }
     write_pareto_csv(out_dir / "pareto.csv", front_rows)
     plot_pareto(out_dir / "pareto.png", dyn_front, sta_front,
-                np.array([[p.expected_macs, p.accuracy] for _, p in dyn_all]), budget,
-                (policy.expected_macs, policy.accuracy),
-                None if static_best is None else (static_best["macs"], static_best["val_accuracy"]),
-                f"{net.name}, {st.meta.data['name']}: {len(archs)} architectures")
+                np.array([[st.to_unit(p.expected_macs), p.accuracy] for _, p in dyn_all]), st.to_unit(budget),
+                (st.to_unit(policy.expected_macs), policy.accuracy),
+                None if static_best is None else (st.to_unit(static_fit_cost), static_best["val_accuracy"]),
+                f"{net.name}, {st.meta.data['name']}: {len(archs)} architectures", unit=st.unit)
     write_json(out_dir / "result.json", result)  # last: its presence means the run completed
     print_summary(result, front_rows, console)
     console.print(f"search: wrote {out_dir / 'result.json'}, pareto.csv, pareto.png in "
@@ -504,7 +613,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         result = search(cfg, HydraConfig.get().runtime.output_dir)
-    except (SearchError, BudgetError, CheckpointError, InvalidSubnetError) as e:
+    except (SearchError, BudgetError, CheckpointError, InvalidSubnetError, LatencyError) as e:
         print(f"enas4d-search: error: {e}", file=sys.stderr)
         sys.exit(2)
     return float(result["val_accuracy"])
