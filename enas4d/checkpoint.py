@@ -30,6 +30,8 @@ from enas4d.models import MultiStageSupernet, NetSpec, create_supernet
 from enas4d.space import SearchSpace
 
 FORMAT_VERSION = 1
+# Data settings that decide which images are validation images: search and export must not change them.
+SPLIT_KEYS = frozenset({"seed", "val_fraction", "val_size", "use_val_folder", "variant"})
 STATE_PREFIX = "net."  # LightningModule attribute holding the supernet
 
 
@@ -112,3 +114,31 @@ def load_supernet(path: str | os.PathLike) -> tuple[MultiStageSupernet, Checkpoi
     except RuntimeError as e:
         raise CheckpointError(f"ckpt: weights in {os.fspath(path)!r} do not fit supernet {sn['name']!r}: {e}") from e
     return net.eval(), meta
+
+
+def build_datamodule(meta: CheckpointMeta, overrides: dict[str, Any]) -> Any:
+    """The training run's datamodule, rebuilt from the checkpoint meta (set up, data loaded).
+
+    ``overrides`` may change where the data live or how it is loaded, never which images are
+    validation images (:data:`SPLIT_KEYS`).
+    """
+    from enas4d.data import create_datamodule  # Lightning import only when data are needed
+
+    cfg = dict(meta.data["cfg"])
+    cfg.pop("_target_", None)
+    for key, value in overrides.items():
+        if key in SPLIT_KEYS and cfg.get(key) != value:
+            raise CheckpointError(f"data_overrides.{key}: changes which images are validation images; search "
+                                  f"and export use the validation split the training used ({key}={cfg.get(key)!r})")
+        if key in ("mean", "std"):
+            raise CheckpointError(f"data_overrides.{key}: normalisation comes from the checkpoint")
+    cfg.update(overrides)
+    cfg["mean"], cfg["std"] = list(meta.data["mean"]), list(meta.data["std"])
+    name = meta.data["name"]
+    try:
+        dm = create_datamodule(name, **cfg)
+        dm.setup("validate")
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"data: cannot rebuild {name!r} from the checkpoint's data config: {msg}") from e
+    return dm

@@ -9,7 +9,6 @@ and fitted: :mod:`enas4d.search.latency`. Settings: conf/profile.yaml.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ from rich.console import Console
 
 from enas4d.checkpoint import CheckpointError, load_supernet
 from enas4d.search.latency import DeviceProfile, LatencyError, ProfileSettings, profile_supernet, write_profile
+from enas4d.utils.cli import CONF_DIR, one_line_errors
 
 __all__ = ["CONF_DIR", "QUICK", "settings", "profile", "main"]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # <repo>/conf (editable install)
 # quick=true: enough to exercise every step (tests, smoke runs), not to trust the numbers.
 QUICK = {"archs": 6, "warmup": 1, "repeats": 2, "min_time": 0.0}
 _INTS = ("batch_size", "threads", "archs", "warmup", "repeats", "seed")
@@ -89,11 +88,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = cfg.out if cfg.out is not None else Path(HydraConfig.get().runtime.output_dir) / "profile.json"
-    try:
+    with one_line_errors("enas4d-profile", LatencyError, CheckpointError):
         profile(cfg, out)
-    except (LatencyError, CheckpointError) as e:
-        print(f"enas4d-profile: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ it with a composed config); :func:`main` is the thin command-line wrapper.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from enas4d.checkpoint import CheckpointError, read_checkpoint
 from enas4d.models import MultiStageSupernet, create_supernet
+from enas4d.utils.cli import CONF_DIR, one_line_errors
 from enas4d.utils.files import write_atomic
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ __all__ = ["CONF_DIR", "TrainSetupError", "build", "data_meta", "main", "train"]
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # <repo>/conf (editable install)
 
 
 class TrainSetupError(Exception):
@@ -174,11 +173,8 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns ``cfg.optimized_metric`` for Hydra sweepers."""
-    try:
+    with one_line_errors("enas4d-train", TrainSetupError):
         metrics, _ = train(cfg)
-    except TrainSetupError as e:
-        print(f"enas4d-train: error: {e}", file=sys.stderr)
-        sys.exit(1)
     if cfg.optimized_metric is None:
         return None
     if cfg.optimized_metric not in metrics:

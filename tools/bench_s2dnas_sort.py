@@ -18,8 +18,8 @@ from functools import partial
 import torch
 
 from enas4d.checkpoint import load_supernet
-from enas4d.search.cli import build_datamodule
-from enas4d.training.calibration import CalibrationSet, evaluate_exits
+from enas4d.checkpoint import build_datamodule
+from enas4d.nn.bn import CalibrationSet, evaluate_exits
 from enas4d.training.module import SupernetModule
 from enas4d.transform import from_static
 

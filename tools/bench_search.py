@@ -34,9 +34,10 @@ sys.path.insert(0, str(REPO))
 
 from enas4d.checkpoint import load_supernet, make_meta  # noqa: E402
 from enas4d.search.calibrate import calibrate, exit_costs, exit_subsets, simulate  # noqa: E402
-from enas4d.search.cli import CONF_DIR, build_datamodule, search  # noqa: E402
+from enas4d.checkpoint import build_datamodule  # noqa: E402
+from enas4d.search.cli import CONF_DIR, search  # noqa: E402
 from enas4d.search.evaluator import CandidateEvaluator  # noqa: E402
-from enas4d.training.calibration import CalibrationSet  # noqa: E402
+from enas4d.nn.bn import CalibrationSet  # noqa: E402
 from enas4d.utils.seed import make_generator  # noqa: E402
 
 

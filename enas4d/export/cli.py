@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from enas4d.checkpoint import CheckpointError, load_supernet
+from enas4d.checkpoint import CheckpointError, build_datamodule, load_supernet
 from enas4d.export.exporter import (DataInfo, ExportError, check_out_dir, export_subnet, load_result, read_result,
                                     remove_stale_temps)
 from enas4d.export.metrics import to_unit
 from enas4d.export.report import exit_table
 from enas4d.space import InvalidSubnetError
 from enas4d.utils import rebatch
+from enas4d.utils.cli import CONF_DIR, one_line_errors, positive_int
 from enas4d.utils.files import file_digest
 
-__all__ = ["CONF_DIR", "export", "main", "positive_int"]
+__all__ = ["CONF_DIR", "export", "main"]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
-
-
-def positive_int(cfg: DictConfig, key: str) -> int:
-    """``cfg[key]`` as an int >= 1, else a clear error naming the field."""
-    value = OmegaConf.select(cfg, key, throw_on_missing=True)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ExportError(f"{key}: expected an integer >= 1, got {value!r}")
-    return value
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -101,16 +92,14 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
 
 
 def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
-    from enas4d.search.cli import build_datamodule  # the search's data rebuild: same split, same images
-    from enas4d.search.evaluator import SearchError
-    from enas4d.training.calibration import CalibrationSet
+    from enas4d.nn.bn import CalibrationSet
 
     console = console or Console()
     for key in ("eval_batch_size", "check_images", "opset") + \
             tuple(f"bn.{k}" for k in ("images", "batch_size") if cfg.bn[k] is not None):
-        positive_int(cfg, key)
+        positive_int(cfg, key, ExportError)
     if cfg.threads is not None:
-        torch.set_num_threads(positive_int(cfg, "threads"))
+        torch.set_num_threads(positive_int(cfg, "threads", ExportError))
     out = Path(str(cfg.out))
     result_path = str(cfg.result)
     # Fail on the output folder before any expensive work (after putting back or removing what an
@@ -137,7 +126,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
     overrides = OmegaConf.to_container(cfg.data_overrides, resolve=True) or {}
     try:
         dm = build_datamodule(meta, dict(overrides))
-    except SearchError as e:
+    except CheckpointError as e:
         raise ExportError(str(e)) from e
     searched_bn = choice.info.get("bn") or {}
     bn_images = int(cfg.bn.images if cfg.bn.images is not None else searched_bn.get("images", DEFAULT_BN_IMAGES))
@@ -179,11 +168,8 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point: one clear line and exit status 2 on bad input."""
-    try:
+    with one_line_errors("enas4d-export", ExportError, CheckpointError, InvalidSubnetError):
         export(cfg)
-    except (ExportError, CheckpointError, InvalidSubnetError) as e:
-        print(f"enas4d-export: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

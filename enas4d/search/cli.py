@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from enas4d.checkpoint import CheckpointError, CheckpointMeta, load_supernet
+from enas4d.checkpoint import CheckpointError, CheckpointMeta, build_datamodule, load_supernet
 from enas4d.models import MultiStageSupernet
 from enas4d.search.budget import BUDGET_HELP, Budget, BudgetError, format_macs, format_seconds, parse_budget
 from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, min_cost, pareto_indices,
@@ -44,18 +43,16 @@ from enas4d.search.latency import NS_PER_SECOND, DeviceProfile, LatencyCosts, La
 from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
+from enas4d.utils.cli import CONF_DIR, one_line_errors
 from enas4d.utils.files import write_json
 from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 from enas4d.utils import rebatch
 
-__all__ = ["CONF_DIR", "SPLIT_KEYS", "DynamicProblem", "StaticProblem", "build_datamodule", "resolve_device",
+__all__ = ["CONF_DIR", "DynamicProblem", "StaticProblem", "build_datamodule", "resolve_device",
            "search", "main"]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # <repo>/conf (editable install)
 
-# Data settings that decide which images are validation images: the search must not change them.
-SPLIT_KEYS = frozenset({"seed", "val_fraction", "val_size", "use_val_folder", "variant"})
 
 # Typed settings, checked before anything runs: name -> (smallest allowed value or None, null allowed).
 _INT_FIELDS: dict[str, tuple[int | None, bool]] = {
@@ -128,34 +125,6 @@ class StaticProblem:
 def static_subnet(arch: Subnet) -> Subnet:
     """``arch`` with only its last exit enabled."""
     return _apply_exits(arch, (False,) * (arch.num_stages - 1) + (True,))
-
-
-def build_datamodule(meta: CheckpointMeta, overrides: dict[str, Any]) -> Any:
-    """The training run's datamodule, rebuilt from the checkpoint meta (set up, data loaded).
-
-    ``overrides`` may change where the data live or how it is loaded, never which images are
-    validation images (:data:`SPLIT_KEYS`).
-    """
-    from enas4d.data import create_datamodule  # Lightning import only when data are needed
-
-    cfg = dict(meta.data["cfg"])
-    cfg.pop("_target_", None)
-    for key, value in overrides.items():
-        if key in SPLIT_KEYS and cfg.get(key) != value:
-            raise SearchError(f"data_overrides.{key}: changes which images are validation images; the search "
-                              f"must use the validation split the training used ({key}={cfg.get(key)!r})")
-        if key in ("mean", "std"):
-            raise SearchError(f"data_overrides.{key}: normalisation comes from the checkpoint")
-    cfg.update(overrides)
-    cfg["mean"], cfg["std"] = list(meta.data["mean"]), list(meta.data["std"])
-    name = meta.data["name"]
-    try:
-        dm = create_datamodule(name, **cfg)
-        dm.setup("validate")
-    except (ValueError, TypeError, OSError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SearchError(f"data: cannot rebuild {name!r} from the checkpoint's data config: {msg}") from e
-    return dm
 
 
 def _evolution_config(cfg: DictConfig, evaluations: int, stream: int = 0) -> EvolutionConfig:
@@ -611,11 +580,8 @@ def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns the chosen subnet's validation accuracy (for sweepers)."""
     from hydra.core.hydra_config import HydraConfig
 
-    try:
+    with one_line_errors("enas4d-search", SearchError, BudgetError, CheckpointError, InvalidSubnetError, LatencyError):
         result = search(cfg, HydraConfig.get().runtime.output_dir)
-    except (SearchError, BudgetError, CheckpointError, InvalidSubnetError, LatencyError) as e:
-        print(f"enas4d-search: error: {e}", file=sys.stderr)
-        sys.exit(2)
     return float(result["val_accuracy"])
 
 

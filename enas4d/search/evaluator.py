@@ -33,7 +33,7 @@ from enas4d.models import MultiStageSupernet
 from enas4d.search.calibrate import ExitTable, confidence
 from enas4d.utils.files import file_digest, write_atomic  # file_digest: re-exported for search
 from enas4d.space import Subnet
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 
 __all__ = ["CACHE_VERSION", "SearchError", "EvalCache", "CandidateEvaluator", "file_digest", "fingerprint_name"]
 

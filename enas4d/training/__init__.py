@@ -1,6 +1,6 @@
-"""Supernet training: the Lightning module, subnet sampling, losses, BN calibration, schedules."""
+"""Supernet training: the Lightning module, subnet sampling, losses, schedules (and, re-exported, BN calibration)."""
 
-from enas4d.training.calibration import CalibrationSet, bn_buffers, evaluate_exits, load_bn_buffers
+from enas4d.nn.bn import CalibrationSet, bn_buffers, evaluate_exits, load_bn_buffers
 from enas4d.training.callbacks import StepTrace
 from enas4d.training.losses import distillation_loss, multi_exit_loss
 from enas4d.training.module import SupernetModule, check_meta_compatible

@@ -38,7 +38,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from enas4d.checkpoint import CheckpointError, make_meta
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.space import SearchSpace, Subnet
-from enas4d.training.calibration import CalibrationSet, bn_buffers, load_bn_buffers
+from enas4d.nn.bn import CalibrationSet, bn_buffers, load_bn_buffers
 from enas4d.training.losses import multi_exit_loss
 from enas4d.training.optim import param_groups, schedule_length
 from enas4d.training.sampling import SandwichSampler, middle_subnet

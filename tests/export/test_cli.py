@@ -23,9 +23,9 @@ from enas4d.export import exporter
 from enas4d.export.cli import CONF_DIR, export
 from enas4d.export.evaluate import evaluate
 from enas4d.export.exporter import ExportError, is_export
-from enas4d.search.cli import build_datamodule
+from enas4d.checkpoint import build_datamodule
 from enas4d.space import Subnet
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 
 from .helpers import simulate, split_thresholds, write_checkpoint, write_result
 

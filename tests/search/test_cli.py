@@ -17,9 +17,10 @@ from rich.console import Console
 from enas4d.checkpoint import CheckpointError, load_supernet
 from enas4d.search.budget import BudgetError
 from enas4d.search.calibrate import confidence
-from enas4d.search.cli import build_datamodule, search
+from enas4d.checkpoint import build_datamodule
+from enas4d.search.cli import search
 from enas4d.search.evaluator import SearchError
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 
 from .conftest import DATA_CFG, write_checkpoint
 
@@ -129,10 +130,10 @@ def test_bad_input_fails_with_one_line_and_keeps_old_result(case, tiny_ckpt, mak
         smallest = net.macs(net.space.smallest())[0]
         budget, err, match = "1000", BudgetError, f"smallest achievable {smallest}"
     elif case == "split_override":
-        extra, match = ["+data_overrides.seed=5"], "validation split the training used"
+        extra, err, match = ["+data_overrides.seed=5"], CheckpointError, "use the validation split the training used"
     elif case == "empty_val":
         ckpt = write_checkpoint(tmp_path / "empty.ckpt", data_cfg={**DATA_CFG, "val_size": 0})
-        match = "data: cannot rebuild"
+        err, match = CheckpointError, "data: cannot rebuild"
     with pytest.raises(err, match=match) as e:
         search(make_cfg(f"ckpt={ckpt}", f"budget={budget}", *extra), out, quiet())
     assert "\n" not in str(e.value)

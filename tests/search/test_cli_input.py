@@ -15,7 +15,7 @@ import enas4d
 from enas4d.search.budget import BudgetError
 from enas4d.search.cli import resolve_device, search
 from enas4d.search.evaluator import CandidateEvaluator, SearchError
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

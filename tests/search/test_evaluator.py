@@ -12,7 +12,7 @@ import torch
 import enas4d
 from enas4d.search.calibrate import confidence
 from enas4d.search.evaluator import CacheRecord, CandidateEvaluator, EvalCache, SearchError
-from enas4d.training.calibration import CalibrationSet
+from enas4d.nn.bn import CalibrationSet
 
 FP = {"checkpoint_sha256": "abc", "confidence": "max_softmax"}
 

@@ -128,11 +128,11 @@ def test_main_returns_the_optimized_metric_for_sweepers(tiny_cfg):
     assert isinstance(value, float) and 0.0 <= value <= 1.0
 
 
-def test_main_bad_value_is_one_line_error_and_exit_1(tiny_cfg, capsys):
+def test_main_bad_value_is_one_line_error_and_exit_2(tiny_cfg, capsys):
     """main() (undecorated: the same code the CLI runs) turns bad input into one line and exit status 1."""
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(tiny_cfg("module.n_random=-1"))
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("enas4d-train: error:") and "module.n_random" in err and "\n" not in err
 
