@@ -19,16 +19,16 @@ from enas4d.nn.layers import ConvPlan, MSBatchNorm2d, MSConv2d, make_act
 class BlockCfg:
     """Active shape of one block for one subnet; lists are per slice k."""
 
-    a: tuple[int, ...]  # input widths
-    h: tuple[int, ...]  # hidden widths (0 where the slice is inactive)
-    o: tuple[int, ...]  # output widths of computed slices (0 where inactive: it passes through)
-    r: tuple[int, ...]  # kernel sizes
+    in_chs: tuple[int, ...]  # input widths
+    mid_chs: tuple[int, ...]  # hidden widths (0 where the slice is inactive)
+    out_chs: tuple[int, ...]  # output widths of computed slices (0 where inactive: it passes through)
+    kernel_size: tuple[int, ...]  # kernel sizes
     hw_in: int  # input side in pixels
 
     @property
     def active(self) -> tuple[bool, ...]:
         """Slices this block computes."""
-        return tuple(w > 0 for w in self.o)
+        return tuple(w > 0 for w in self.out_chs)
 
 
 @dataclass
@@ -45,7 +45,7 @@ def _residual_index(cfg: BlockCfg, device: torch.device) -> Tensor | None:
     if all(cfg.active):
         return None
     idx, start = [], 0
-    for a, on in zip(cfg.a, cfg.active):
+    for a, on in zip(cfg.in_chs, cfg.active):
         if on:
             idx.extend(range(start, start + a))
         start += a
@@ -81,7 +81,7 @@ class MSBlock(nn.Module):
         convs = [conv.plan(i, o, r) for conv, (i, o, r) in zip(self.convs, self._conv_shapes(cfg))]
         sc = None
         if self.sc_conv is not None:
-            sc = self.sc_conv.plan(cfg.a, cfg.o, (1,) * len(cfg.o))
+            sc = self.sc_conv.plan(cfg.in_chs, cfg.out_chs, (1,) * len(cfg.out_chs))
         res = _residual_index(cfg, self.convs[0].weight.device) if self.identity_residual else None
         return BlockPlan(convs, sc, res)
 
@@ -98,7 +98,7 @@ class MSBlock(nn.Module):
 
     def macs(self, cfg: BlockCfg) -> list[int]:
         """Analytic MACs per image of every slice of this block."""
-        K = len(cfg.o)
+        K = len(cfg.out_chs)
         out = [0] * K
         hw = cfg.hw_in
         for conv, (i, o, r) in zip(self.convs, self._conv_shapes(cfg)):
@@ -108,7 +108,7 @@ class MSBlock(nn.Module):
         if self.sc_conv is not None:
             hw_sc = _out_hw(cfg.hw_in, self.sc_conv.stride)
             for k in range(K):
-                out[k] += self.sc_conv.macs(k, cfg.a, cfg.o, 1, hw_sc)
+                out[k] += self.sc_conv.macs(k, cfg.in_chs, cfg.out_chs, 1, hw_sc)
         return out
 
     def out_hw(self, hw_in: int) -> int:
@@ -130,17 +130,17 @@ class MSBlock(nn.Module):
         ``prev_hid``/``prev_out``: positions of those taps in the earlier stages' list (-1: none).
         """
         if not cfg.active[k]:
-            return None, st.PassOp(in_pos, prev_out, cfg.a[k])
+            return None, st.PassOp(in_pos, prev_out, cfg.in_chs[k])
         layers = self.stage_layers(cfg, k)
         hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid)
         shortcut: nn.Module = nn.Identity()
         res_pos, res_width = -1, 0
         if self.sc_conv is not None:
-            conv = self.sc_conv.stage_conv(k, cfg.a, cfg.o, 1)
-            shortcut = st.ConvBNAct(conv, self.sc_bn.stage_bn(k, cfg.o), nn.Identity())
+            conv = self.sc_conv.stage_conv(k, cfg.in_chs, cfg.out_chs, 1)
+            shortcut = st.ConvBNAct(conv, self.sc_bn.stage_bn(k, cfg.out_chs), nn.Identity())
             res_pos = in_pos
         elif self.identity_residual:
-            res_pos, res_width = in_pos, cfg.a[k]
+            res_pos, res_width = in_pos, cfg.in_chs[k]
         out = st.ResidualOp(layers[-1], hid_pos, prev_out, res_pos, res_width, shortcut,
                             type(self.out_act)())
         return hid, out
@@ -160,9 +160,9 @@ class MBBlock(MSBlock):
         self.identity_residual = residual
 
     def _conv_shapes(self, cfg):
-        K = len(cfg.o)
+        K = len(cfg.out_chs)
         ones = (1,) * K
-        return [(cfg.a, cfg.h, ones), (cfg.h, cfg.h, cfg.r), (cfg.h, cfg.o, ones)]
+        return [(cfg.in_chs, cfg.mid_chs, ones), (cfg.mid_chs, cfg.mid_chs, cfg.kernel_size), (cfg.mid_chs, cfg.out_chs, ones)]
 
 
 class BasicBlock(MSBlock):
@@ -181,4 +181,4 @@ class BasicBlock(MSBlock):
             self.sc_bn = MSBatchNorm2d(out_chs)
 
     def _conv_shapes(self, cfg):
-        return [(cfg.a, cfg.h, cfg.r), (cfg.h, cfg.o, cfg.r)]
+        return [(cfg.in_chs, cfg.mid_chs, cfg.kernel_size), (cfg.mid_chs, cfg.out_chs, cfg.kernel_size)]
