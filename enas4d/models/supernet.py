@@ -64,6 +64,19 @@ class NetSpec:
         return cls(**d)
 
 
+def exit_costs(body: Sequence[int], heads: Sequence[int], exits: Sequence[bool]) -> list[int]:
+    """Cumulative cost per image of leaving at each stage (design.md section 3), with only the heads
+    of enabled ``exits`` computed; 0 at disabled stages (nobody leaves there). The one definition:
+    the supernet, the search's calibration and the export all use it, for MACs or latencies."""
+    out, acc = [], 0
+    for b, h, on in zip(body, heads, exits):
+        acc += int(b)
+        if on:
+            acc += int(h)
+        out.append(acc if on else 0)
+    return out
+
+
 IDEMPOTENT_ACTS = ("relu", "none")  # act(act(x)) == act(x)
 
 
@@ -349,14 +362,7 @@ class MultiStageSupernet(ActiveSubnet):
 
     def macs(self, s: Subnet) -> list[int]:
         """Cumulative MACs per image of every enabled exit: C_k = sum_{j<=k} body_j + enabled heads."""
-        body, heads = self.stage_macs(s)
-        out, acc = [], 0
-        for k in range(self.num_stages):
-            acc += body[k]
-            if s.exits[k]:
-                acc += heads[k]
-                out.append(acc)
-        return out
+        return [c for c, on in zip(exit_costs(*self.stage_macs(s), s.exits), s.exits) if on]
 
     # ----------------------------------------------------------------- extract
     def extract(self, s: Subnet) -> st.StaticMultiStageNet:

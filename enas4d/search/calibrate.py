@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from enas4d.models.supernet import exit_costs
+
 __all__ = ["CONFIDENCES", "ExitTable", "Policy", "confidence", "exit_costs", "simulate", "calibrate", "cross_fit",
            "tradeoff", "pareto_front", "pareto_indices", "exit_subsets", "min_cost"]
 
@@ -133,20 +135,6 @@ class Policy:
     def exit_rates(self) -> list[float]:
         """Fraction of images leaving at each exit (K values)."""
         return [c / self.num_images for c in self.counts]
-
-
-def exit_costs(body: Sequence[int], heads: Sequence[int], exits: Sequence[bool]) -> list[int]:
-    """Cumulative MACs per image of leaving at each stage with only ``exits`` heads computed.
-
-    Entries of disabled stages are 0 (nobody leaves there).
-    """
-    out, acc = [], 0
-    for b, h, on in zip(body, heads, exits):
-        acc += int(b)
-        if on:
-            acc += int(h)
-        out.append(acc if on else 0)
-    return out
 
 
 def exit_subsets(num_stages: int, elastic_exits: bool) -> list[tuple[bool, ...]]:
