@@ -38,7 +38,7 @@ from enas4d.search.budget import BUDGET_HELP, Budget, BudgetError, format_macs, 
 from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, min_cost, pareto_indices,
                                      simulate, tradeoff)
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
-from enas4d.search.evolution import EvolutionConfig, Scored, run_search
+from enas4d.search.evolution import EvolutionConfig, Scored, best_first, run_search, scored_key
 from enas4d.search.latency import NS_PER_SECOND, DeviceProfile, LatencyCosts, LatencyError
 from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
@@ -224,7 +224,7 @@ class _Progress:
 
 def _best(scored: list[Scored]) -> Scored:
     """Highest fitness, then cheapest, then earliest."""
-    return min(scored, key=lambda s: (-s.fitness, s.cost, s.step))
+    return min(scored, key=scored_key)
 
 
 def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
@@ -457,12 +457,12 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     # Every architecture scored in this run counts for both kinds (its pass gives both numbers).
     archs = list({CandidateEvaluator.key(s.arch): s.arch for s in dynamic_scored + static_scored}.values())
     dyn_all = [(a, dyn.policy(a)) for a in archs if dyn.feasible(a)]
-    best_arch, policy = min(dyn_all, key=lambda ap: (-ap[1].correct, ap[1].total_macs))
+    best_arch, policy = min(dyn_all, key=lambda ap: best_first(ap[1].correct, ap[1].total_macs))
     static_pts = [(a, *sta.score(a)) for a in archs]
     static_fit = [p for p in static_pts if p[2] <= budget]
     static_best, static_fit_cost = None, 0.0
     if static_fit:
-        a, acc, cost = min(static_fit, key=lambda p: (-p[1], p[2]))
+        a, acc, cost = min(static_fit, key=lambda p: best_first(p[1], p[2]))
         macs = exit_costs(*evaluator.stage_macs(a), static_subnet(a).exits)[-1]
         static_best = {"subnet": space.to_dict(static_subnet(a)), "val_accuracy": acc, "macs": int(macs)}
         static_fit_cost = float(cost)

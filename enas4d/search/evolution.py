@@ -76,6 +76,16 @@ class Scored:
     step: int  # 0-based index of its evaluation in this search
 
 
+def best_first(accuracy: float, cost: float, order: int = 0) -> tuple[float, float, int]:
+    """Sort key of "the best candidate" everywhere: more accurate, then cheaper, then found earlier."""
+    return (-accuracy, cost, order)
+
+
+def scored_key(s: Scored) -> tuple[float, float, int]:
+    """:func:`best_first` of a scored architecture."""
+    return best_first(s.fitness, s.cost, s.step)
+
+
 class Problem(Protocol):
     """What the search optimises: a feasibility test and a scoring function."""
 
@@ -212,7 +222,7 @@ def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
     generation = 0
     while len(order) < target:
         generation += 1
-        population = sorted(seen.values(), key=lambda s: (-s.fitness, s.cost, s.step))[:cfg.population]
+        population = sorted(seen.values(), key=scored_key)[:cfg.population]
         parents = [s.arch for s in population[:n_parents]]
         want = min(n_children, target - len(order))
         pool: list[Subnet] = []
