@@ -146,10 +146,6 @@ class EvalCache:
             os.fsync(f.fileno())
         self._records[key] = record
 
-    def table(self, record: CacheRecord) -> ExitTable:
-        """The record's :class:`ExitTable` (correctness against the stored labels)."""
-        return ExitTable(record.pred == self.labels[None, :], record.conf)
-
 
 class CandidateEvaluator:
     """Evaluates architectures of one supernet once each, through an :class:`EvalCache`.

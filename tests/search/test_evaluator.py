@@ -32,8 +32,7 @@ def test_cache_roundtrip_and_reuse(tmp_path):
     assert len(again) == 1 and "a" in again
     got = again.get("a")
     assert np.array_equal(got.pred, r.pred) and np.array_equal(got.conf, r.conf)
-    t = again.table(got)
-    assert np.array_equal(t.correct, r.pred == labels[None])
+    assert np.array_equal(again.labels, labels)
 
 
 def test_cut_last_line_is_dropped_and_file_repaired(tmp_path):
