@@ -56,6 +56,7 @@ bench: install ## Run the benchmark scripts in tools/ (each prints ratios measur
 	$(BIN)/python tools/bench_supernet.py --threads 1
 	$(BIN)/python tools/bench_train.py --threads 1
 	$(BIN)/python tools/bench_search.py
+	$(BIN)/python tools/bench_export.py --threads 1
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun lightning_logs .pytest_cache build dist *.egg-info

@@ -16,6 +16,10 @@ from torch import Tensor
 Predict = Callable[[Tensor, Optional[Tensor]], tuple[Tensor, Tensor]]
 
 
+class EmptyDatasetError(ValueError):
+    """:func:`exit_report` was given no images."""
+
+
 def to_unit(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Undo a datamodule's normalisation: (N, C, H, W) normalised -> pixels in [0, 1]."""
     m = torch.tensor(list(mean), dtype=x.dtype).view(1, -1, 1, 1)
@@ -49,7 +53,7 @@ def exit_report(predict: Predict, batches: Iterable[tuple[Tensor, Tensor]], exit
         correct += torch.bincount(ex, weights=(logits.argmax(1) == y).double(), minlength=E).round().long()
     n = int(counts.sum())
     if n == 0:
-        raise ValueError("exit_report: the dataset is empty")
+        raise EmptyDatasetError("exit_report: the dataset is empty")
     macs = torch.tensor([float(m) for m in exit_macs], dtype=torch.float64)
     report: dict[str, Any] = {
         "num_images": n,
@@ -66,51 +70,65 @@ def exit_report(predict: Predict, batches: Iterable[tuple[Tensor, Tensor]], exit
 
 @torch.no_grad()
 def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int, exit_macs: Sequence[int],
-               repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Images per second of early exit vs the same model forced through the last exit.
+               repeats: int = 3, warmup: int = 1, reference: Callable[[Tensor], Any] | None = None,
+               reference_macs: float | None = None) -> dict[str, Any]:
+    """Images per second of early exit vs the same model forced through the last exit (and a reference).
 
     ``images`` (M, C, H, W) in [0, 1] are run in batches of ``batch_size`` (the last partial batch
     is dropped) with the stored thresholds and with every threshold at +inf (each image goes
-    through every stage). The two modes alternate batch by batch (in alternating order), so load
-    from other processes falls on both alike; times are summed over ``repeats`` passes after
-    ``warmup`` passes. ``ratio`` is the wall-clock speed-up divided by the MACs reduction
-    (1.0: time saved in proportion to MACs saved); ``ratio_per_repeat`` shows its spread.
+    through every stage), and, given a ``reference`` (x -> anything; e.g. the plain static network
+    a user would deploy instead, of ``reference_macs`` MACs per image), through it too. The modes
+    alternate batch by batch (in rotating order), so load from other processes falls on all alike;
+    times are summed over ``repeats`` passes after ``warmup`` passes. ``ratio`` is the wall-clock
+    speed-up divided by the MACs reduction (1.0: time saved in proportion to MACs saved);
+    ``ratio_per_repeat`` shows its spread. With a reference also ``reference_ips``,
+    ``speedup_vs_reference`` (early exit vs reference), ``macs_reduction_vs_reference`` and
+    ``ratio_vs_reference`` (their quotient).
     """
     n = (images.shape[0] // batch_size) * batch_size
     if n == 0:
         raise ValueError(f"throughput: {images.shape[0]} images are fewer than batch_size={batch_size}")
+    if reference is not None and (reference_macs is None or reference_macs <= 0):
+        raise ValueError(f"reference_macs: expected the reference's MACs per image (> 0), got {reference_macs}")
     batches = [images[i:i + batch_size] for i in range(0, n, batch_size)]
     force_last = torch.full((num_exits,), float("inf"), dtype=torch.float64)
     macs = torch.tensor([float(m) for m in exit_macs], dtype=torch.float64)
     exits = torch.cat([predict(b, None)[1] for b in batches])  # also the first warm-up pass
     avg_macs = float(macs[exits].mean())
     macs_reduction = float(macs[-1]) / avg_macs
-    t_ee, t_last = [], []
+    runs: list[Callable[[Tensor], Any]] = [lambda b: predict(b, None), lambda b: predict(b, force_last)]
+    if reference is not None:
+        runs.append(reference)
+    totals: list[list[float]] = [[] for _ in runs]  # [mode][repeat] seconds
     for r in range(warmup + repeats):
-        ee = last = 0.0
+        spent = [0.0] * len(runs)
         for i, b in enumerate(batches):
-            for mode in ((0, 1) if (i + r) % 2 == 0 else (1, 0)):
+            for j in range(len(runs)):
+                mode = (i + r + j) % len(runs)
                 t0 = time.perf_counter()
-                predict(b, None if mode == 0 else force_last)
-                dt = time.perf_counter() - t0
-                if mode == 0:
-                    ee += dt
-                else:
-                    last += dt
+                runs[mode](b)
+                spent[mode] += time.perf_counter() - t0
         if r >= warmup:
-            t_ee.append(ee)
-            t_last.append(last)
-    ee_ips, last_ips = n * repeats / sum(t_ee), n * repeats / sum(t_last)
-    speedup = ee_ips / last_ips
-    return {
+            for mode, t in enumerate(spent):
+                totals[mode].append(t)
+    ips = [n * repeats / sum(t) for t in totals]
+    speedup = ips[0] / ips[1]
+    row: dict[str, Any] = {
         "batch_size": batch_size,
         "images": n,
         "repeats": repeats,
-        "early_exit_ips": ee_ips,
-        "last_exit_ips": last_ips,
+        "early_exit_ips": ips[0],
+        "last_exit_ips": ips[1],
         "speedup": speedup,
         "avg_macs": avg_macs,
         "macs_reduction": macs_reduction,
         "ratio": speedup / macs_reduction,
-        "ratio_per_repeat": [(tl / te) / macs_reduction for te, tl in zip(t_ee, t_last)],
+        "ratio_per_repeat": [(tl / te) / macs_reduction for te, tl in zip(totals[0], totals[1])],
     }
+    if reference is not None:
+        assert reference_macs is not None
+        row["reference_ips"] = ips[2]
+        row["speedup_vs_reference"] = ips[0] / ips[2]
+        row["macs_reduction_vs_reference"] = reference_macs / avg_macs
+        row["ratio_vs_reference"] = row["speedup_vs_reference"] / row["macs_reduction_vs_reference"]
+    return row

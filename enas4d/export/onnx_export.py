@@ -44,7 +44,7 @@ class StageGraph(nn.Module):
 
     def forward(self, img: Tensor, *prev: Tensor) -> Tuple[Tensor, ...]:
         """img (N, C, R, R), taps of stages < k (N, C_i, H_i, W_i) -> outputs named in the manifest."""
-        logits, taps = self.stage(img, list(prev))
+        logits, taps = self.stage(img, list(prev))  # every tap kept: each is a named graph output
         outs: List[Tensor] = []
         if self.confidence is not None:
             outs += [logits, self.confidence(logits)]  # (N, classes), (N,)
@@ -53,7 +53,7 @@ class StageGraph(nn.Module):
         return tuple(outs)
 
 
-def _export(module: nn.Module, args: Tuple[Tensor, ...], path: Path, input_names: list[str],
+def export_graph(module: nn.Module, args: Tuple[Tensor, ...], path: Path, input_names: list[str],
             output_names: list[str], dynamic_axes: dict[str, dict[int, str]], opset: int) -> None:
     """One graph with the TorchScript-based exporter (no onnxscript or network needed)."""
     with warnings.catch_warnings():
@@ -82,7 +82,7 @@ def export_onnx(model: EarlyExitNet, out_dir: str | os.PathLike, opset: int = 17
     x = torch.rand(2, model.in_chans, side, side)
     pre: Preprocess = model.preprocess
     batch = {0: "batch"}
-    _export(pre, (x,), out / "preprocess.onnx", ["x"], ["img"],
+    export_graph(pre, (x,), out / "preprocess.onnx", ["x"], ["img"],
             {"x": {0: "batch", 2: "height", 3: "width"}, "img": batch}, opset)
     img = pre(x)
     prev: list[Tensor] = []
@@ -97,7 +97,7 @@ def export_onnx(model: EarlyExitNet, out_dir: str | os.PathLike, opset: int = 17
         outputs = (["logits", "confidence"] if e >= 0 else []) + \
                   ([f"tap_out_{i}" for i in range(len(taps))] if not last else [])
         name = f"stage_{k}.onnx"
-        _export(graph, (img, *prev), out / name, inputs, outputs, {n: batch for n in inputs + outputs}, opset)
+        export_graph(graph, (img, *prev), out / name, inputs, outputs, {n: batch for n in inputs + outputs}, opset)
         stages.append({"file": name, "inputs": inputs, "outputs": outputs, "exit": e if e >= 0 else None})
         prev = taps
     manifest = {

@@ -28,6 +28,8 @@ import numpy as np
 import onnxruntime as ort
 
 MANIFEST = os.path.join("onnx", "manifest.json")
+RANGE_TOLERANCE = 1e-3  # slack of the [0, 1] input check (float rounding), as in model.ts
+MANIFEST_KEYS = {"preprocess", "stages", "thresholds", "num_exits", "num_classes", "in_chans"}
 
 
 class OnnxEarlyExit:
@@ -37,23 +39,42 @@ class OnnxEarlyExit:
         model_dir: the export folder (holding ``onnx/manifest.json``) or the ``onnx`` folder itself.
         providers: onnxruntime execution providers (default: CPU).
         threads: intra-op threads per session (None: onnxruntime's default).
+        check_range: refuse input that is not finite and in [0, 1] (as model.ts does; one min/max pass).
     """
 
-    def __init__(self, model_dir: str, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
+    def __init__(self, model_dir: str, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+                 check_range: bool = True):
+        self.check_range = check_range
         onnx_dir = model_dir if os.path.isfile(os.path.join(model_dir, "manifest.json")) \
             else os.path.join(model_dir, "onnx")
         path = os.path.join(onnx_dir, "manifest.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model_dir: no ONNX manifest at {path!r} (is it an enas4d export folder?)")
-        with open(path) as f:
-            self.manifest = json.load(f)
+        try:
+            with open(path) as f:
+                self.manifest = json.load(f)
+        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"model_dir: the ONNX manifest {path!r} is not valid JSON (damaged? export again): "
+                             f"{e}") from e
+        missing = sorted(MANIFEST_KEYS - set(self.manifest)) if isinstance(self.manifest, dict) else ["(all)"]
+        if missing:
+            raise ValueError(f"model_dir: the ONNX manifest {path!r} lacks the keys {missing} (damaged? export again)")
         opts = ort.SessionOptions()
         if threads is not None:
             opts.intra_op_num_threads = threads
         providers = list(providers or ["CPUExecutionProvider"])
 
         def session(name: str) -> ort.InferenceSession:
-            return ort.InferenceSession(os.path.join(onnx_dir, name), opts, providers=providers)
+            graph = os.path.join(onnx_dir, name)
+            if not os.path.isfile(graph):
+                raise FileNotFoundError(f"model_dir: the ONNX graph {graph!r} is missing (incomplete export? "
+                                        "export again)")
+            try:
+                return ort.InferenceSession(graph, opts, providers=providers)
+            except Exception as e:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"model_dir: the ONNX graph {graph!r} cannot be loaded (damaged or truncated? "
+                                 f"export again): {msg}") from e
 
         m = self.manifest
         self.in_chans, self.num_classes, self.num_exits = m["in_chans"], m["num_classes"], m["num_exits"]
@@ -65,13 +86,27 @@ class OnnxEarlyExit:
         self._feeds = [{i.name for i in sess.get_inputs()} for sess in self.stages]
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """Raise a clear ValueError unless x is a floating (N, C, H, W) array; returns float32."""
+        """Raise a clear ValueError unless x is a floating (N, C, H, W) array (with ``check_range``: of
+        finite values in [0, 1]); returns it as float32."""
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1] != self.in_chans:
             shape = list(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
             raise ValueError(f"input: expected a (N, {self.in_chans}, H, W) float array in [0, 1], got {shape}")
         if not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"input: expected a floating-point array in [0, 1], got {x.dtype} "
                              "(for uint8 images pass x.astype(np.float32) / 255)")
+        if self.check_range and x.size:
+            lo, hi = float(x.min()), float(x.max())  # NaN propagates and fails both comparisons
+            if not (lo >= -RANGE_TOLERANCE and hi <= 1.0 + RANGE_TOLERANCE):
+                if not (np.isfinite(lo) and np.isfinite(hi)):
+                    hint = "it holds NaN or inf"
+                elif hi > 1.0 and lo >= -RANGE_TOLERANCE and hi <= 255.0 + RANGE_TOLERANCE:
+                    hint = "values up to 255: pass x / 255"
+                elif lo < 0.0:
+                    hint = "negative values: pass images in [0, 1], the model normalises them itself"
+                else:
+                    hint = "rescale it to [0, 1]"
+                raise ValueError(f"input: expected finite pixel values in [0, 1], got values from {lo} to {hi} "
+                                 f"({hint}; check_range=False turns this check off)")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def __call__(self, x: np.ndarray, thresholds: Optional[Sequence[float]] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,12 @@ computed so far, ``[s_1 | ... | s_k]``. Stage ``k`` receives the taps stages ``<
 (``prev``), appends its own slice to each, and returns them for stage ``k+1``; nothing earlier
 stages computed is computed again (design.md section 3, "no recomputation").
 
+A stage holds a tap only as long as something needs it: once its last reader in the stage has
+run, and unless the next stage reads it, it is replaced by an empty tensor (the same for the
+earlier stages' taps once extended). Keeping every feature map of a stage alive made each layer
+write to fresh, cold memory; releasing them lets the allocator reuse warm memory (about 20% faster
+at batch 16 to 256 on one CPU thread, for one stage as for three).
+
 All modules here are TorchScript-compatible and import nothing from the rest of enas4d, so a
 scripted model runs without the package.
 """
@@ -17,6 +23,33 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class TapOp(nn.Module):
+    """Base of the tap ops: computes one tap of a stage, then releases the taps nobody reads any more.
+
+    ``prev_pos``: position of this tap in the earlier stages' list (-1: none). ``drops`` (positions
+    in the stage's own list) and ``drop_prev`` are set by :meth:`StaticStage.plan_release`.
+    """
+
+    __constants__ = ["drops", "drop_prev"]
+
+    def __init__(self, prev_pos: int):
+        super().__init__()
+        self.prev_pos = prev_pos
+        self.drops: Tuple[int, ...] = ()  # taps of this stage whose last reader this op is
+        self.drop_prev = False  # release prev[prev_pos] once this op has read it
+
+    def cur_reads(self) -> List[int]:
+        """Positions of this stage's taps the op reads (Python only: for release planning)."""
+        return []
+
+    def release(self, prev: List[Tensor], cur: List[Tensor], none: Tensor) -> None:
+        """Drop the references to the taps this op read last (their memory can be reused)."""
+        if self.drop_prev:
+            prev[self.prev_pos] = none
+        for q in self.drops:
+            cur[q] = none
 
 
 def join(prev: List[Tensor], pos: int, own: Tensor) -> Tensor:
@@ -38,40 +71,48 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-class StemOp(nn.Module):
+class StemOp(TapOp):
     """Own slice of the stem: reads the image."""
 
     def __init__(self, f: ConvBNAct, prev_pos: int):
-        super().__init__()
-        self.f, self.prev_pos = f, prev_pos
+        super().__init__(prev_pos)
+        self.f = f
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | f(img)]."""
         return join(prev, self.prev_pos, self.f(img))
 
 
-class SeqOp(nn.Module):
+class SeqOp(TapOp):
     """Own slice = a chain of conv-BN-act layers applied to one tap of this stage."""
 
     def __init__(self, layers: nn.Sequential, src_pos: int, prev_pos: int):
-        super().__init__()
-        self.layers, self.src_pos, self.prev_pos = layers, src_pos, prev_pos
+        super().__init__(prev_pos)
+        self.layers, self.src_pos = layers, src_pos
+
+    def cur_reads(self) -> List[int]:
+        """Reads its source tap."""
+        return [self.src_pos]
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | layers(cur[src])]."""
         return join(prev, self.prev_pos, self.layers(cur[self.src_pos]))
 
 
-class ResidualOp(nn.Module):
+class ResidualOp(TapOp):
     """Own slice = act(body(cur[src]) + shortcut), the shortcut being the own slice of another
     tap (identity), a conv-BN of that whole tap (projection), or nothing."""
 
     def __init__(self, body: nn.Module, src_pos: int, prev_pos: int, res_pos: int, res_width: int,
                  shortcut: nn.Module, act: nn.Module):
-        super().__init__()
-        self.body, self.src_pos, self.prev_pos = body, src_pos, prev_pos
+        super().__init__(prev_pos)
+        self.body, self.src_pos = body, src_pos
         self.res_pos, self.res_width = res_pos, res_width  # res_width > 0: identity of own slice
         self.shortcut, self.act = shortcut, act
+
+    def cur_reads(self) -> List[int]:
+        """Reads the body's source tap and the residual's."""
+        return [self.src_pos] + ([self.res_pos] if self.res_pos >= 0 else [])
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | act(body + shortcut)]."""
@@ -79,31 +120,33 @@ class ResidualOp(nn.Module):
         if self.res_pos >= 0:
             r = cur[self.res_pos]
             if self.res_width > 0:
-                y = y + r[:, r.shape[1] - self.res_width:]
+                y = y + r[:, -self.res_width:]  # the own slice is the tap's last res_width channels
             else:
                 y = y + self.shortcut(r)
         return join(prev, self.prev_pos, self.act(y))
 
 
-class PassOp(nn.Module):
+class PassOp(TapOp):
     """Own slice passes through unchanged (the slice's depth ends before this block)."""
 
     def __init__(self, src_pos: int, prev_pos: int, width: int):
-        super().__init__()
-        self.src_pos, self.prev_pos, self.width = src_pos, prev_pos, width
+        super().__init__(prev_pos)
+        self.src_pos, self.width = src_pos, width
+
+    def cur_reads(self) -> List[int]:
+        """Reads its source tap."""
+        return [self.src_pos]
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | own slice of cur[src]]."""
-        x = cur[self.src_pos]
-        return join(prev, self.prev_pos, x[:, x.shape[1] - self.width:])
+        return join(prev, self.prev_pos, cur[self.src_pos][:, -self.width:])
 
 
-class KeepOp(nn.Module):
+class KeepOp(TapOp):
     """A tap this stage does not extend but a later stage reads: handed on unchanged."""
 
     def __init__(self, prev_pos: int):
-        super().__init__()
-        self.prev_pos = prev_pos
+        super().__init__(prev_pos)
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = the earlier stages' tap."""
@@ -135,17 +178,60 @@ class NoHead(nn.Module):
 class StaticStage(nn.Module):
     """Stage k of the extracted network: extends every tap by its own slice, then its exit head."""
 
+    __constants__ = ["can_release"]
+
     def __init__(self, ops: List[nn.Module], head: nn.Module, has_exit: bool):
         super().__init__()
         self.ops = nn.ModuleList(ops)
         self.head = head
         self.has_exit = has_exit
+        # Ops of other kinds (any module with the same forward) are run, but nothing is released.
+        self.can_release = all(isinstance(op, TapOp) for op in ops)
+        self.plan_release([True] * len(ops))  # hand every tap on until the next stage is known
 
-    def forward(self, img: Tensor, prev: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
-        """img (N, 3, R, R) at the subnet's resolution; prev: taps of stages < k (same N)."""
+    def taps_read(self, num_prev: int) -> List[bool]:
+        """Which of the ``num_prev`` taps of the earlier stages this stage reads (all of them when
+        it holds ops other than :class:`TapOp`, whose reads are not known)."""
+        if not self.can_release:
+            return [True] * num_prev
+        read = [False] * num_prev
+        for op in self.ops:
+            if op.prev_pos >= 0:
+                read[op.prev_pos] = True
+        return read
+
+    def plan_release(self, handed_on: List[bool]) -> None:
+        """Release every tap after its last reader in this stage unless ``handed_on[pos]`` (the next
+        stage reads it); earlier stages' taps once their (only) reader has run."""
+        if not self.can_release:
+            return
+        n = len(self.ops)
+        last = list(range(n))  # a tap nobody reads is released right after it is made
+        for j, op in enumerate(self.ops):
+            for q in op.cur_reads():
+                last[q] = max(last[q], j)
+        drops: List[List[int]] = [[] for _ in range(n)]
+        for q in range(n - 1):  # the last tap is the head's input: the stage ends after it
+            if not handed_on[q]:
+                drops[last[q]].append(q)
+        for op, d in zip(self.ops, drops):
+            op.drops = tuple(d)
+            op.drop_prev = op.prev_pos >= 0
+
+    def forward(self, img: Tensor, prev: List[Tensor], release: bool = False) -> Tuple[Tensor, List[Tensor]]:
+        """img (N, 3, R, R) at the subnet's resolution; prev: taps of stages < k (same N).
+
+        With ``release`` (for callers that hand ``prev`` over and keep no copy), entries of ``prev``
+        and of the returned list that no later reader needs become empty tensors (see the module
+        docstring); without, nothing is released and ``prev`` is left as it was.
+        """
         cur: List[Tensor] = []
+        none = img[:0]  # placeholder of a released tap
         for op in self.ops:
             cur.append(op(img, prev, cur))
+            if self.can_release:  # a constant: TorchScript compiles op.release only for TapOps
+                if release:
+                    op.release(prev, cur, none)
         return self.head(cur[-1]), cur
 
 
@@ -157,6 +243,9 @@ class StaticMultiStageNet(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.resolution, self.in_chans = resolution, in_chans
+        for k, stage in enumerate(stages):
+            n = len(stage.ops)
+            stage.plan_release(stages[k + 1].taps_read(n) if k + 1 < len(stages) else [False] * n)
 
     def resize(self, x: Tensor) -> Tensor:
         """Bilinear resize of (N, C, H, W) to the subnet's resolution (a no-op when equal)."""
@@ -173,7 +262,7 @@ class StaticMultiStageNet(nn.Module):
         prev: List[Tensor] = []
         outs: List[Tensor] = []
         for stage in self.stages:
-            logits, prev = stage(img, prev)
+            logits, prev = stage(img, prev, True)
             if stage.has_exit:
                 outs.append(logits)
         return outs

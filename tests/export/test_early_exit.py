@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from enas4d.export.early_exit import CONFIDENCES, Confidence, EarlyExitNet, build_early_exit
+from enas4d.export import jit
+from enas4d.export.early_exit import CONFIDENCES, Confidence, EarlyExitNet, activations_in_place, build_early_exit
 from enas4d.export.exporter import count_stage_macs
 from enas4d.models import static as st
 from enas4d.nn.layers import MSBatchNorm2d, MSConv2d
@@ -28,9 +29,7 @@ CASES = [  # (supernet, stages, seed, confidence measure, fold BN, exits)
 
 
 def script(m: nn.Module) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.script(m)
+    return jit.roundtrip(m)  # scripted, saved and loaded back: what model.ts gives a user
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-K{c[1]}-{c[3]}-fold{c[4]}")
@@ -194,3 +193,99 @@ def test_torchscript_loads_without_enas4d(small, tmp_path):
     logits, ex = torch.load(tmp_path / "out.pt")
     want_logits, want_ex = scripted(x)
     assert torch.equal(ex, want_ex) and torch.allclose(logits, want_logits, atol=1e-6, rtol=0)
+
+
+def test_input_outside_0_1_is_refused_clearly_and_the_check_can_be_turned_off(small):
+    _, _, model, scripted = small
+    x = torch.rand(4, 3, 32, 32)
+    bad = [(x * 255, "values up to 255: pass x / 255"), ((x - 0.5) / 0.25, "negative values"),
+           (torch.where(x > 0.5, torch.full_like(x, float("nan")), x), "NaN or inf"),
+           (torch.where(x > 0.5, torch.full_like(x, float("inf")), x), "NaN or inf"), (x * 1000, "rescale")]
+    for m, error in ((model, ValueError), (scripted, torch.jit.Error)):
+        for xb, hint in bad:
+            with pytest.raises(error, match=r"input: expected finite pixel values in \[0, 1\].*" + hint):
+                m(xb)
+            with pytest.raises(error, match="expected finite pixel values"):
+                m.all_exits(xb)
+        m(torch.clamp(x + 5e-4, max=1.0005))  # float rounding of un-normalised images is tolerated
+        m(x[:0])  # an empty batch has no values to check
+    want = scripted(x)
+    scripted.set_input_check(False)  # the saved model's switch
+    try:
+        logits, ex = scripted(x * 255)  # runs (and is wrong), as before the check existed
+        assert logits.shape == (4, 10) and torch.equal(scripted(x)[1], want[1])
+    finally:
+        scripted.set_input_check(True)
+    with pytest.raises(torch.jit.Error, match="expected finite pixel values"):
+        scripted(x * 255)
+    net, s, _, _ = small
+    unchecked = build_early_exit(net.extract(s), MEAN, STD, [0.5, 0.0], 10, check_range=False)
+    unchecked(x * 255)
+
+
+def test_channels_last_for_batches_changes_speed_not_values(case):
+    """Batches of at least channels_last_min_batch images run channels-last: same exits and logits."""
+    net, s, model, _, x, _, thr, measure = case
+    nchw = build_early_exit(net.extract(s), MEAN, STD, thr, 10, measure, channels_last_min_batch=0)
+    formats: list[bool] = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, inp, out: formats.append(
+        inp[0].shape[0] > 1 and inp[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        logits, ex = model(x)
+    finally:
+        hook.remove()
+    assert formats == [True] and model.channels_last_min_batch <= 2
+    want_logits, want_ex = nchw(x)
+    assert torch.equal(ex, want_ex) and torch.allclose(logits, want_logits, atol=1e-5, rtol=0)
+    for a, b in zip(model.all_exits(x), nchw.all_exits(x)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="channels_last_min_batch"):
+        build_early_exit(net.extract(s), MEAN, STD, thr, 10, measure, channels_last_min_batch=-1)
+
+
+def test_stages_release_taps_only_when_asked_and_hand_on_what_the_next_reads(case):
+    net, s, _, _, x, _, _, _ = case
+    static = net.extract(s)
+    img = static.resize(x)
+    prev: list[torch.Tensor] = []
+    for k, stage in enumerate(static.stages):
+        before = list(prev)
+        with torch.no_grad():
+            logits, kept = stage(img, prev)  # no release: the caller's list stays as it was
+            assert all(a is b for a, b in zip(prev, before))
+            logits2, taps = stage(img, list(prev), True)
+        assert torch.equal(logits, logits2) and len(taps) == len(kept)
+        read = static.stages[k + 1].taps_read(len(taps)) if k + 1 < len(static.stages) else [False] * len(taps)
+        for i, (t, r) in enumerate(zip(taps, read)):
+            if r:  # handed on, unchanged
+                assert torch.equal(t, kept[i])
+            elif i < len(taps) - 1:  # released once nothing reads it any more
+                assert t.numel() == 0
+        prev = taps
+    assert sum(t.numel() == 0 for t in prev) == len(prev) - 1  # after the last stage only the head's input
+
+
+def test_torchscript_helpers_hide_only_the_deprecation_notices(small):
+    model = small[2]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        jit.roundtrip(model)
+        with jit.quiet_torchscript():
+            warnings.warn("a warning of the model itself", UserWarning)
+            warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile`.", FutureWarning)
+    messages = [str(w.message) for w in seen]
+    assert messages == ["a warning of the model itself"]
+    with warnings.catch_warnings(record=True) as seen:  # torch still warns outside the helpers
+        warnings.simplefilter("always")
+        torch.jit.script(model)
+    assert any("torch.jit.script" in str(w.message) and w.category is FutureWarning for w in seen)
+
+
+def test_only_activations_of_fresh_tensors_work_in_place():
+    """A conv-BN-act's activation may overwrite its conv's output; a bare one (which may read a view
+    of a tap other ops still read) is left alone."""
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    net = nn.Sequential(st.ConvBNAct(conv, nn.Identity(), nn.ReLU()), nn.ReLU(), nn.Hardswish())
+    assert activations_in_place(net) == 1
+    assert net[0].act.inplace and not net[1].inplace and not net[2].inplace

@@ -106,3 +106,34 @@ def test_runner_script_needs_neither_torch_nor_enas4d(exported, tmp_path):
     logits, ex = model(x[:12])
     want = [f"{i}\tclass={int(c)}\texit={int(e)}" for i, (c, e) in enumerate(zip(logits.argmax(1), ex))]
     assert proc.stdout.splitlines() == want
+
+
+def test_runner_refuses_input_outside_0_1_unless_told(exported):
+    out, _, x, *_ = exported
+    runner = OnnxEarlyExit(str(out))
+    for bad, hint in [(x.numpy() * 255, "values up to 255"), (x.numpy() - 0.5, "negative values"),
+                      (np.where(x.numpy() > 0.5, np.nan, x.numpy()).astype(np.float32), "NaN or inf")]:
+        with pytest.raises(ValueError, match=r"expected finite pixel values in \[0, 1\].*" + hint):
+            runner(bad)
+    OnnxEarlyExit(str(out), check_range=False)(x.numpy() * 255)  # runs when the check is off
+
+
+@pytest.mark.parametrize("damage", ["truncated graph", "missing graph", "bad manifest", "manifest without keys"])
+def test_runner_names_the_damaged_file(exported, tmp_path, damage):
+    out = tmp_path / "export"
+    shutil.copytree(exported[0], out)
+    graph, manifest = out / "onnx" / "stage_1.onnx", out / "onnx" / "manifest.json"
+    if damage == "truncated graph":
+        graph.write_bytes(graph.read_bytes()[:200])
+        error, match = ValueError, "stage_1.onnx' cannot be loaded"
+    elif damage == "missing graph":
+        graph.unlink()
+        error, match = FileNotFoundError, "stage_1.onnx' is missing"
+    elif damage == "bad manifest":
+        manifest.write_text(manifest.read_text()[:50])
+        error, match = ValueError, "manifest.json' is not valid JSON"
+    else:
+        manifest.write_text("{}")
+        error, match = ValueError, "lacks the keys"
+    with pytest.raises(error, match=match):
+        OnnxEarlyExit(str(out))

@@ -1,0 +1,156 @@
+"""enas4d-evaluate: a damaged export folder is a one-line error, and the speed-up is also measured
+against the plain static network of the family."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from rich.console import Console
+
+import enas4d
+from enas4d.export.baseline import count_macs, family_spec, plain_for, plain_network
+from enas4d.export.cli import export
+from enas4d.export.evaluate import evaluate
+from enas4d.export.exporter import ExportError
+from enas4d.space import Subnet
+from enas4d.utils.cli import CONF_DIR
+
+from .helpers import write_checkpoint, write_result
+
+FAST = ["batch_sizes=[1,4]", "timing_images=8", "repeats=1", "threads=1"]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """One small export (resnet_cifar, 3 exits, TorchScript and ONNX) of a random-weight digits checkpoint."""
+    root = tmp_path_factory.mktemp("evaluate")
+    ckpt = write_checkpoint(root / "tiny.ckpt")
+    net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=3)
+    s0 = net.space.smallest()
+    s = Subnet(28, s0.width, s0.kernel, s0.depth, s0.expand, (True, True, True))
+    result = write_result(root / "result.json", ckpt, s, [0.3, 0.3, 0.0])
+    out = root / "export"
+    export(compose_cfg("export", f"result={result}", f"out={out}", "bn.images=24", "bn.batch_size=24",
+                       "validate=false"), quiet())
+    return out
+
+
+def damaged_copy(src: Path, dst: Path, damage: str) -> Path:
+    """A copy of the export folder ``src`` with one part damaged."""
+    shutil.copytree(src, dst)
+    if damage == "truncated model.ts":
+        ts = dst / "model.ts"
+        ts.write_bytes(ts.read_bytes()[: ts.stat().st_size // 3])
+    elif damage == "missing model.ts":
+        (dst / "model.ts").unlink()
+    elif damage == "truncated ONNX graph":
+        g = dst / "onnx" / "stage_0.onnx"
+        g.write_bytes(g.read_bytes()[:100])
+    elif damage == "missing ONNX graph":
+        (dst / "onnx" / "stage_2.onnx").unlink()
+    elif damage == "missing ONNX manifest":
+        (dst / "onnx" / "manifest.json").unlink()
+    elif damage == "missing subnet.json":
+        (dst / "subnet.json").unlink()
+    elif damage == "subnet.json without files":
+        meta = json.loads((dst / "subnet.json").read_text())
+        del meta["files"]
+        (dst / "subnet.json").write_text(json.dumps(meta))
+    else:
+        raise ValueError(damage)
+    return dst
+
+
+DAMAGES = [  # (damage, backend, words the one-line error must hold)
+    ("truncated model.ts", "torchscript", "model.ts' cannot be loaded"),
+    ("missing model.ts", "torchscript", "model.ts' is missing"),
+    ("truncated ONNX graph", "onnx", "stage_0.onnx' cannot be loaded"),
+    ("missing ONNX graph", "onnx", "stage_2.onnx' is missing"),
+    ("missing ONNX manifest", "onnx", "no ONNX manifest"),
+    ("missing subnet.json", "torchscript", "not an enas4d export folder"),
+    ("subnet.json without files", "onnx", "subnet.json is damaged"),
+]
+
+
+@pytest.mark.parametrize("damage,backend,words", DAMAGES, ids=[d[0] for d in DAMAGES])
+def test_damaged_export_is_a_clear_error(exported, tmp_path, damage, backend, words):
+    folder = damaged_copy(exported, tmp_path / "export", damage)
+    cfg = compose_cfg("evaluate", f"model={folder}", f"backend={backend}", f"out={tmp_path / 'm.json'}", *FAST)
+    with pytest.raises(ExportError, match=words):
+        evaluate(cfg, quiet())
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_damaged_export_on_the_command_line_is_one_line_and_exit_2(exported, tmp_path):
+    folder = damaged_copy(exported, tmp_path / "export", "truncated model.ts")
+    cmd = [sys.executable, "-m", "enas4d.export.evaluate", f"model={folder}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONF_DIR.parent)})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("enas4d-evaluate: error: model:") and "model.ts' cannot be loaded" in last
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_evaluate_compares_with_the_plain_network(exported, tmp_path, backend):
+    cfg = compose_cfg("evaluate", f"model={exported}", f"backend={backend}", f"out={tmp_path / 'm.json'}", *FAST)
+    m = evaluate(cfg, quiet())
+    spec = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=1).spec
+    plain_macs = count_macs(plain_network(spec, 10), 3, 32)
+    assert 40.5e6 < plain_macs < 41e6  # ResNet-20 with its two 1x1 projections
+    assert m["reference"]["macs"] == plain_macs and "resnet_cifar" in m["reference"]["name"]
+    for bs in ("1", "4"):
+        row = m["throughput"][bs]
+        assert row["reference_ips"] > 0
+        assert row["speedup_vs_reference"] == pytest.approx(row["early_exit_ips"] / row["reference_ips"])
+        assert row["macs_reduction_vs_reference"] == pytest.approx(plain_macs / row["avg_macs"])
+        ratio = row["speedup_vs_reference"] / row["macs_reduction_vs_reference"]
+        assert row["ratio_vs_reference"] == pytest.approx(ratio)
+    off = evaluate(compose_cfg("evaluate", f"model={exported}", f"backend={backend}", f"out={tmp_path / 'n.json'}",
+                               "reference=false", *FAST), quiet())
+    assert off["reference"] is None and "reference_ips" not in off["throughput"]["1"]
+
+
+def test_plain_network_matches_the_family_and_its_stored_spec():
+    net = enas4d.create_supernet("mbv3_cifar", num_classes=10, num_stages=1)
+    s = net.space.largest()
+    s = Subnet(s.resolution, s.width, tuple(tuple(3 for _ in row) for row in s.kernel), s.depth, s.expand, s.exits)
+    plain = plain_for(net.spec, 10)
+    assert count_macs(plain, 3, 32) == net.macs(s)[-1]  # the K = 1 largest subnet at 3x3, as plain modules
+    assert family_spec({"name": "mbv3_cifar", "in_chans": 3}) == net.spec
+    assert family_spec({"name": "custom-s2dnas", "spec": net.spec.to_dict()}) == net.spec
+    assert family_spec({"name": "torchvision:resnet18-s2dnas", "spec": {"kind": "graph"}}) is None
+    with pytest.raises(ValueError, match="kernel: 4 not allowed"):
+        plain_network(net.spec, 10, kernel=4)
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_data_outside_0_1_is_a_clear_error(exported, tmp_path, monkeypatch, backend):
+    """Images that are not in [0, 1] once the data's normalisation is undone (e.g. another mean/std
+    than the model's) are refused by the model's input check: one clear line, not a traceback."""
+    import enas4d.export.evaluate as ev
+
+    to_unit = ev.to_unit
+    monkeypatch.setattr(ev, "to_unit", lambda x, mean, std: to_unit(x, mean, std) * 255)  # 0..255 pixels
+    cfg = compose_cfg("evaluate", f"model={exported}", f"backend={backend}", f"out={tmp_path / 'm.json'}", *FAST)
+    with pytest.raises(ExportError, match=r"data: 'digits' does not give images in \[0, 1\].*pass x / 255"):
+        evaluate(cfg, quiet())
