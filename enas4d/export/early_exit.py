@@ -70,8 +70,8 @@ class Confidence(nn.Module):
     """Confidence in [0, 1] of logits (N, C) -> (N,), higher = more confident.
 
     ``max_softmax``: top class probability; ``margin``: top minus second probability; ``entropy``:
-    ``1 - H(p) / log C``. The same formulas as the search's (enas4d.search.calibrate.confidence),
-    so the exported model takes the decisions the search scored.
+    ``1 - H(p) / log C``. The one definition: the search scores candidates with it
+    (enas4d.search.calibrate.confidence), so the exported model takes the decisions the search scored.
     """
 
     def __init__(self, measure: str, num_classes: int):

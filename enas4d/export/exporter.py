@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import enas4d
 from enas4d.export import onnx_runner
 from enas4d.export.early_exit import CONFIDENCES, EarlyExitNet, build_early_exit
+from enas4d.export.jit import quiet_torchscript
 from enas4d.export.metrics import exit_report
 from enas4d.export.onnx_export import export_onnx
 from enas4d.export.report import pct
@@ -466,8 +466,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
     try:
         # 4. TorchScript, reloaded and compared.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the contract
+        with quiet_torchscript():  # torch.jit is deprecated, still the contract: only its notices are hidden
             torch.jit.script(model).save(os.fspath(tmp / "model.ts"))
             scripted = torch.jit.load(os.fspath(tmp / "model.ts"))
         checks["torchscript"] = check_decisions(model, eager, scripted(x), eager_exits, "check: TorchScript")

@@ -45,15 +45,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from enas4d.export.early_exit import CONFIDENCES, Confidence
 from enas4d.models.supernet import exit_costs
 
 __all__ = ["CONFIDENCES", "ExitTable", "Policy", "confidence", "exit_costs", "simulate", "calibrate", "cross_fit",
            "tradeoff", "pareto_front", "pareto_indices", "exit_subsets", "min_cost"]
 
-CONFIDENCES = ("max_softmax", "margin", "entropy")
 
 # Cap on the number of grid combinations enumerated for m >= 3 (the grid per exit shrinks to fit).
 _MAX_COMBOS = 256
@@ -64,25 +63,11 @@ _BLOCK_ELEMS = 1 << 21
 def confidence(logits: Tensor, measure: str) -> tuple[Tensor, Tensor]:
     """Predicted class (N,) int64 and confidence (N,) float32 in [0, 1] of logits (N, C).
 
-    ``max_softmax``: the top class probability; ``margin``: top minus second probability;
-    ``entropy``: ``1 - H(p) / log C``. Higher is always more confident.
+    The confidence is the exported model's own :class:`~enas4d.export.early_exit.Confidence` (one
+    definition), so the search scores exactly the decisions the export takes.
     """
-    if measure not in CONFIDENCES:
-        raise ValueError(f"confidence: {measure!r} not allowed; allowed values: {list(CONFIDENCES)}")
-    p = logits.detach().float().softmax(-1)  # (N, C)
-    num_classes = p.shape[-1]
-    top = p.topk(min(2, num_classes), dim=-1)
-    pred = top.indices[:, 0]
-    if measure == "max_softmax":
-        conf = top.values[:, 0]
-    elif num_classes == 1:
-        conf = torch.ones_like(top.values[:, 0])
-    elif measure == "margin":
-        conf = top.values[:, 0] - top.values[:, 1]
-    else:
-        ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (N,) nats
-        conf = 1.0 - ent / math.log(num_classes)
-    return pred, conf.clamp(0.0, 1.0)
+    logits = logits.detach()
+    return logits.argmax(-1), Confidence(measure, logits.shape[-1])(logits)
 
 
 @dataclass(frozen=True)
