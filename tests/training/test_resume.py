@@ -33,7 +33,7 @@ def test_resume_with_a_longer_run_is_refused(tiny_cfg, tmp_path, scheduler, caps
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(tiny_cfg(sched, "logger=none", "trainer.max_epochs=3", f"ckpt_path={last}", out=run))
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 1 and "\n" not in err
+    assert exit_info.value.code == 2 and "\n" not in err
     assert err.startswith("enas4d-train: error: trainer.max_epochs/max_steps: this run would last 9 optimizer steps")
 
 

@@ -129,7 +129,7 @@ def test_main_returns_the_optimized_metric_for_sweepers(tiny_cfg):
 
 
 def test_main_bad_value_is_one_line_error_and_exit_2(tiny_cfg, capsys):
-    """main() (undecorated: the same code the CLI runs) turns bad input into one line and exit status 1."""
+    """main() (undecorated: the same code the CLI runs) turns bad input into one line and exit status 2."""
     with pytest.raises(SystemExit) as exit_info:
         main.__wrapped__(tiny_cfg("module.n_random=-1"))
     assert exit_info.value.code == 2
