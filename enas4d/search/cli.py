@@ -256,6 +256,7 @@ class _Setup:
     smallest_macs: int  # smallest subnet, every image leaving at the first exit
     evaluator: CandidateEvaluator
     cache_path: Path
+    checkpoint_sha256: str  # of the bytes the supernet was loaded from (result.json; export checks it)
     unit: str = "macs"  # of the budget: "macs" or "seconds" (costs are then integer nanoseconds)
     costs: StageCosts | None = None  # per-stage costs in the cost unit (None: evaluator.stage_macs)
     largest_cost: float = 0.0  # largest_macs in the cost unit
@@ -310,6 +311,7 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     _check_config(cfg)
     device = resolve_device(cfg.device)
     net, meta = load_supernet(cfg.ckpt)
+    ckpt_sha = file_digest(cfg.ckpt)
     profile, latency = _open_profile(cfg, budget_spec, net, meta)
     net.to(device)  # the evaluator moves each batch to the network's device
     space = net.space
@@ -344,7 +346,7 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     # What the cached numbers depend on (loading-only settings and the data's location excluded).
     data_cfg = {k: v for k, v in sorted({**meta.data["cfg"], **overrides}.items())
                 if k not in ("num_workers", "pin_memory", "batch_size", "eval_batch_size", "path")}
-    fingerprint = {"checkpoint_sha256": file_digest(cfg.ckpt),
+    fingerprint = {"checkpoint_sha256": ckpt_sha,
                    "data": {"name": meta.data["name"], "cfg": data_cfg},
                    "bn_images": calib.num_images, "bn_batch_size": int(cfg.bn.batch_size),
                    "confidence": str(cfg.confidence), "num_val_images": int(len(labels)),
@@ -363,8 +365,10 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
                       f"smallest {format_seconds(smallest_cost / NS_PER_SECOND)}); {len(labels)} validation images "
                       f"on {device}; cache {cache_path} ({len(cache)} architectures)")
     evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
-    return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path, budget_spec.unit, costs,
-                  largest_cost, smallest_cost, profile, latency)
+    if file_digest(cfg.ckpt) != ckpt_sha:  # rewritten while it was read (a training still running)
+        raise SearchError(f"ckpt: {cfg.ckpt!r} changed while the search read it; search again once it is written")
+    return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path, ckpt_sha, budget_spec.unit,
+                  costs, largest_cost, smallest_cost, profile, latency)
 
 
 def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticProblem,
@@ -509,7 +513,7 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
         "exit_rates": [policy.exit_rates[k] for k in enabled],
         "exit_macs": [in_macs.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
         "checkpoint": str(Path(cfg.ckpt).resolve()),
-        "checkpoint_sha256": file_digest(cfg.ckpt),  # export refuses other weights at the same path
+        "checkpoint_sha256": st.checkpoint_sha256,  # export refuses other weights at the same path
         "static_best": static_best,
         # The chosen architecture's thresholds fitted on one half of the validation images and
         # scored on the other (both ways): val_accuracy without the optimism of fitting on it.
