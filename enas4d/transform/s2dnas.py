@@ -115,7 +115,6 @@ def sort_channels(net: MultiStageSupernet) -> MultiStageSupernet:
         for conv, bn in zip(blk.convs[:-1], blk.bns[:-1]):
             _permute_rows(conv, bn, perm)
         _permute_cols(blk.convs[-1], perm)
-    net.set_subnet(net.subnet)  # plans index the (unchanged) layout; rebuilt for clarity
     return net
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from rich.console import Console
 from torch import Tensor
 
 import enas4d
@@ -14,6 +18,7 @@ from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
 from enas4d.search.calibrate import confidence
 from enas4d.space import Subnet
+from enas4d.utils.cli import CONF_DIR
 from enas4d.utils.seed import make_generator
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]  # any normalisation: the model must apply it itself
@@ -93,3 +98,14 @@ def write_result(path: Path, ckpt: Path, subnet: Subnet, thresholds: list[float]
            **extra}
     path.write_text(json.dumps(res))
     return path
+
+
+def quiet() -> Console:
+    """A console that prints nowhere (keeps test output readable)."""
+    return Console(file=io.StringIO(), width=120)
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    """The app config ``name`` (export, evaluate, ...) composed with ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -14,9 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-from rich.console import Console
 
 from enas4d.checkpoint import load_supernet
 from enas4d.export import exporter
@@ -27,19 +23,10 @@ from enas4d.checkpoint import build_datamodule
 from enas4d.space import Subnet
 from enas4d.nn.bn import CalibrationSet
 
-from .helpers import simulate, split_thresholds, write_checkpoint, write_result
+from .helpers import compose_cfg, quiet, simulate, split_thresholds, write_checkpoint, write_result
 
 BN = ["bn.images=48", "bn.batch_size=24"]  # small calibration subset; the thresholds below use the same
 REQUIRED = {"subnet", "thresholds", "resolution", "mean", "std", "class_names", "exit_macs", "checkpoint"}
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
-
-
-def compose_cfg(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")

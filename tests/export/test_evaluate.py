@@ -3,7 +3,6 @@ against the plain static network of the family."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -12,9 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-from rich.console import Console
 
 import enas4d
 from enas4d.export.baseline import count_macs, family_spec, plain_for, plain_network
@@ -24,18 +20,9 @@ from enas4d.export.exporter import ExportError
 from enas4d.space import Subnet
 from enas4d.utils.cli import CONF_DIR
 
-from .helpers import write_checkpoint, write_result
+from .helpers import compose_cfg, quiet, write_checkpoint, write_result
 
 FAST = ["batch_sizes=[1,4]", "timing_images=8", "repeats=1", "threads=1"]
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
-
-
-def compose_cfg(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
