@@ -93,7 +93,7 @@ class State:
 
 
 # --------------------------------------------------------------------------- plan
-def time_steps(data_path: str, n_steps: int) -> tuple[float, float]:
+def time_steps(n_steps: int) -> tuple[float, float]:
     """Median seconds of one training step: (static ResNet-20, S2DNAS fine-tuning), interleaved."""
     import statistics
     from functools import partial
@@ -136,7 +136,7 @@ def make_plan(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / "plan.json"
     if path.is_file():
         return json.loads(path.read_text())
-    t_static, t_s2dnas = time_steps(args.data, 3 if args.quick else 10)
+    t_static, t_s2dnas = time_steps(3 if args.quick else 10)
     epochs = args.epochs
     source_epochs = max(1, round(args.source_fraction * epochs))
     # The fine-tuning gets the static epochs the source did not use, converted at the measured step-time ratio.
