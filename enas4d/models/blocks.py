@@ -132,17 +132,19 @@ class MSBlock(nn.Module):
         if not cfg.active[k]:
             return None, st.PassOp(in_pos, prev_out, cfg.in_chs[k])
         layers = self.stage_layers(cfg, k)
-        hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid)
+        shapes = self._conv_shapes(cfg)
+        hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid,
+                       self.convs[0].read_offset(k, shapes[0][0]))
         shortcut: nn.Module = nn.Identity()
-        res_pos, res_width = -1, 0
+        res_pos, res_width, res_off = -1, 0, 0
         if self.sc_conv is not None:
             conv = self.sc_conv.stage_conv(k, cfg.in_chs, cfg.out_chs, 1)
             shortcut = st.ConvBNAct(conv, self.sc_bn.stage_bn(k, cfg.out_chs), nn.Identity())
-            res_pos = in_pos
+            res_pos, res_off = in_pos, self.sc_conv.read_offset(k, cfg.in_chs)
         elif self.identity_residual:
             res_pos, res_width = in_pos, cfg.in_chs[k]
         out = st.ResidualOp(layers[-1], hid_pos, prev_out, res_pos, res_width, shortcut,
-                            type(self.out_act)())
+                            type(self.out_act)(), self.convs[-1].read_offset(k, shapes[-1][0]), res_off)
         return hid, out
 
 
@@ -150,11 +152,13 @@ class MBBlock(MSBlock):
     """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (+ identity)."""
 
     def __init__(self, in_chs: tuple[int, ...], out_chs: tuple[int, ...], max_expand: int,
-                 max_kernel: int, stride: int, act: str, residual: bool):
+                 max_kernel: int, stride: int, act: str, residual: bool,
+                 reads_from: tuple[int, ...] | None = None):
         super().__init__(stride)
         hid = tuple(max_expand * a for a in in_chs)
-        self.convs.extend([MSConv2d(in_chs, hid, 1), MSConv2d(hid, hid, max_kernel, stride, depthwise=True),
-                           MSConv2d(hid, out_chs, 1)])
+        self.convs.extend([MSConv2d(in_chs, hid, 1, reads_from=reads_from),
+                           MSConv2d(hid, hid, max_kernel, stride, depthwise=True),
+                           MSConv2d(hid, out_chs, 1, reads_from=reads_from)])
         self.bns.extend([MSBatchNorm2d(hid), MSBatchNorm2d(hid), MSBatchNorm2d(out_chs)])
         self.acts.extend([make_act(act), make_act(act), nn.Identity()])
         self.identity_residual = residual
@@ -169,15 +173,16 @@ class BasicBlock(MSBlock):
     """ResNet basic block: kxk conv -> kxk conv, + identity or 1x1 projection, then ReLU."""
 
     def __init__(self, in_chs: tuple[int, ...], out_chs: tuple[int, ...], max_kernel: int, stride: int,
-                 act: str, residual: bool):
+                 act: str, residual: bool, reads_from: tuple[int, ...] | None = None):
         super().__init__(stride)
-        self.convs.extend([MSConv2d(in_chs, out_chs, max_kernel, stride), MSConv2d(out_chs, out_chs, max_kernel)])
+        self.convs.extend([MSConv2d(in_chs, out_chs, max_kernel, stride, reads_from=reads_from),
+                           MSConv2d(out_chs, out_chs, max_kernel, reads_from=reads_from)])
         self.bns.extend([MSBatchNorm2d(out_chs), MSBatchNorm2d(out_chs)])
         self.acts.extend([make_act(act), nn.Identity()])
         self.out_act = make_act(act)
         self.identity_residual = residual
         if not residual:
-            self.sc_conv = MSConv2d(in_chs, out_chs, 1, stride)
+            self.sc_conv = MSConv2d(in_chs, out_chs, 1, stride, reads_from=reads_from)
             self.sc_bn = MSBatchNorm2d(out_chs)
 
     def _conv_shapes(self, cfg):

@@ -83,12 +83,20 @@ class StemOp(TapOp):
         return join(prev, self.prev_pos, self.f(img))
 
 
-class SeqOp(TapOp):
-    """Own slice = a chain of conv-BN-act layers applied to one tap of this stage."""
+def skip(x: Tensor, off: int) -> Tensor:
+    """The channels of tap ``x`` from ``off`` on (a stage that reads only its latest slices)."""
+    if off == 0:
+        return x
+    return x[:, off:]
 
-    def __init__(self, layers: nn.Sequential, src_pos: int, prev_pos: int):
+
+class SeqOp(TapOp):
+    """Own slice = a chain of conv-BN-act layers applied to one tap of this stage (from channel
+    ``in_off`` on)."""
+
+    def __init__(self, layers: nn.Sequential, src_pos: int, prev_pos: int, in_off: int = 0):
         super().__init__(prev_pos)
-        self.layers, self.src_pos = layers, src_pos
+        self.layers, self.src_pos, self.in_off = layers, src_pos, in_off
 
     def cur_reads(self) -> List[int]:
         """Reads its source tap."""
@@ -96,18 +104,19 @@ class SeqOp(TapOp):
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | layers(cur[src])]."""
-        return join(prev, self.prev_pos, self.layers(cur[self.src_pos]))
+        return join(prev, self.prev_pos, self.layers(skip(cur[self.src_pos], self.in_off)))
 
 
 class ResidualOp(TapOp):
     """Own slice = act(body(cur[src]) + shortcut), the shortcut being the own slice of another
-    tap (identity), a conv-BN of that whole tap (projection), or nothing."""
+    tap (identity), a conv-BN of that tap (projection), or nothing. The body reads its tap from
+    channel ``in_off`` on, the projection from ``res_off`` on."""
 
     def __init__(self, body: nn.Module, src_pos: int, prev_pos: int, res_pos: int, res_width: int,
-                 shortcut: nn.Module, act: nn.Module):
+                 shortcut: nn.Module, act: nn.Module, in_off: int = 0, res_off: int = 0):
         super().__init__(prev_pos)
-        self.body, self.src_pos = body, src_pos
-        self.res_pos, self.res_width = res_pos, res_width  # res_width > 0: identity of own slice
+        self.body, self.src_pos, self.in_off = body, src_pos, in_off
+        self.res_pos, self.res_width, self.res_off = res_pos, res_width, res_off  # res_width > 0: identity
         self.shortcut, self.act = shortcut, act
 
     def cur_reads(self) -> List[int]:
@@ -116,13 +125,13 @@ class ResidualOp(TapOp):
 
     def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
         """New tap = [earlier slices | act(body + shortcut)]."""
-        y = self.body(cur[self.src_pos])
+        y = self.body(skip(cur[self.src_pos], self.in_off))
         if self.res_pos >= 0:
             r = cur[self.res_pos]
             if self.res_width > 0:
                 y = y + r[:, -self.res_width:]  # the own slice is the tap's last res_width channels
             else:
-                y = y + self.shortcut(r)
+                y = y + self.shortcut(skip(r, self.res_off))
         return join(prev, self.prev_pos, self.act(y))
 
 

@@ -48,6 +48,10 @@ class NetSpec:
     head_conv: int | None = None  # 1x1 conv channels of every exit head before pooling
     head_hidden: int | None = None  # hidden linear layer of every exit head after pooling
     head_act: str = "relu"  # activation inside the heads
+    # Per stage k (K entries, or None): relative maximum width of slice k (None: equal slices) and
+    # the first earlier slice stage k reads (it reads slices reads_from[k]..k; None: all of them).
+    slice_fracs: tuple[float, ...] | None = None
+    reads_from: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in checkpoints, so a transformed supernet can be rebuilt)."""
@@ -58,8 +62,8 @@ class NetSpec:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
         d["groups"] = tuple(GroupSpec(**g) for g in d["groups"])
-        for key in ("width_mults", "kernels", "depths", "expands", "resolutions"):
-            if d[key] is not None:
+        for key in ("width_mults", "kernels", "depths", "expands", "resolutions", "slice_fracs", "reads_from"):
+            if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
 
@@ -80,18 +84,34 @@ def exit_costs(body: Sequence[int], heads: Sequence[int], exits: Sequence[bool])
 IDEMPOTENT_ACTS = ("relu", "none")  # act(act(x)) == act(x)
 
 
-def split_width(total: int, k: int) -> tuple[int, ...]:
-    """Split ``total`` channels into ``k`` slices, the first ones one wider when it does not divide."""
+def split_width(total: int, k: int, fracs: Sequence[float] | None = None) -> tuple[int, ...]:
+    """Split ``total`` channels into ``k`` slices: equal ones (the first ones one wider when it does
+    not divide), or in proportion to ``fracs`` (largest remainders get the rounding)."""
     if total < k:
         raise ValueError(f"width {total} cannot be split into {k} slices")
-    base, rem = divmod(total, k)
-    return tuple(base + (i < rem) for i in range(k))
+    if fracs is None:
+        base, rem = divmod(total, k)
+        return tuple(base + (i < rem) for i in range(k))
+    if len(fracs) != k or any(not f > 0 for f in fracs):
+        raise ValueError(f"slice_fracs={list(fracs)} not allowed; allowed: {k} positive numbers")
+    exact = [total * f / sum(fracs) for f in fracs]
+    out = [max(1, int(e)) for e in exact]
+    for i in sorted(range(k), key=lambda i: int(exact[i]) - exact[i])[:max(0, total - sum(out))]:
+        out[i] += 1
+    if sum(out) != total:
+        raise ValueError(f"width {total} cannot be split into {k} slices in proportion {list(fracs)}")
+    return tuple(out)
+
+
+def slice_widths(spec: NetSpec, num_stages: int) -> list[tuple[int, ...]]:
+    """Maximum width of every slice of every group: ``[g][k]``."""
+    return [split_width(gs.width, num_stages, spec.slice_fracs) for gs in spec.groups]
 
 
 def space_from_spec(spec: NetSpec, num_stages: int) -> SearchSpace:
     """The search space a NetSpec defines for K stages."""
     K, G = num_stages, len(spec.groups)
-    maxw = [split_width(gs.width, K) for gs in spec.groups]  # [g][k]
+    maxw = slice_widths(spec, K)  # [g][k]
     widths = tuple(tuple(tuple(sorted({max(1, round(m * maxw[g][k])) for m in spec.width_mults}))
                          for g in range(G)) for k in range(K))
     kernels = tuple(tuple(tuple(spec.kernels) for _ in range(G)) for _ in range(K))
@@ -248,11 +268,17 @@ class MultiStageSupernet(ActiveSubnet):
         if bad:
             raise ValueError(f"spec.groups[].act={bad[0]!r} not allowed with basic blocks; allowed values: "
                              f"{list(IDEMPOTENT_ACTS)} (pass-through slices would be activated twice)")
+        for key in ("slice_fracs", "reads_from"):
+            v = getattr(spec, key)
+            if v is not None and len(v) != num_stages:
+                raise ValueError(f"spec.{key}={list(v)} not allowed; allowed: one entry per stage "
+                                 f"({num_stages}) or null")
         self.spec, self.num_classes, self.num_stages, self.in_chans, self.name = \
             spec, num_classes, num_stages, in_chans, name
         self.space = space_from_spec(spec, num_stages)
         K = num_stages
-        maxw = [split_width(gs.width, K) for gs in spec.groups]
+        maxw = slice_widths(spec, K)
+        reads = spec.reads_from
         self.stem = MSConv2d((in_chans,), maxw[0], 3, spec.stem_stride)
         self.stem_bn = MSBatchNorm2d(maxw[0])
         self.stem_act = make_act(spec.stem_act)
@@ -267,9 +293,9 @@ class MultiStageSupernet(ActiveSubnet):
                 # Identity residual only where input and output width are the same gene.
                 residual = b > 0 or (g == 0 and stride == 1)
                 if spec.block == "mb":
-                    blk: MSBlock = MBBlock(in_chs, maxw[g], max_e, max_k, stride, gs.act, residual)
+                    blk: MSBlock = MBBlock(in_chs, maxw[g], max_e, max_k, stride, gs.act, residual, reads)
                 else:
-                    blk = BasicBlock(in_chs, maxw[g], max_k, stride, gs.act, residual)
+                    blk = BasicBlock(in_chs, maxw[g], max_k, stride, gs.act, residual, reads)
                 self.blocks.append(blk)
                 self._where.append((g, b))
             prev = maxw[g]

@@ -69,13 +69,21 @@ class MSConv2d(nn.Module):
         kernel_size: largest kernel side; smaller kernels are its centre.
         stride: spatial stride.
         depthwise: per-channel convolution (then ``in_chs == out_chs``).
+        reads_from: per output slice k, the first input slice it reads (it reads slices
+            ``reads_from[k]..k``: the paper's concat indicators as a contiguous range); None: all
+            earlier slices (0 for every k).
     """
 
     def __init__(self, in_chs: Sequence[int], out_chs: Sequence[int], kernel_size: int,
-                 stride: int = 1, depthwise: bool = False):
+                 stride: int = 1, depthwise: bool = False, reads_from: Sequence[int] | None = None):
         super().__init__()
         if depthwise and list(in_chs) != list(out_chs):
             raise ValueError("depthwise MSConv2d needs in_chs == out_chs")
+        if reads_from is not None and (len(reads_from) != len(out_chs)
+                                       or any(not 0 <= s <= k for k, s in enumerate(reads_from))):
+            raise ValueError(f"reads_from={list(reads_from)} not allowed; allowed: one start per output slice k, "
+                             f"0 <= start <= k")
+        self.reads_from = tuple(reads_from) if reads_from is not None else (0,) * len(out_chs)
         self.in_chs, self.out_chs = tuple(in_chs), tuple(out_chs)
         self.kernel_size, self.stride, self.depthwise = kernel_size, stride, depthwise
         cin = 1 if depthwise else sum(in_chs)
@@ -85,8 +93,14 @@ class MSConv2d(nn.Module):
         nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
 
     def _reads(self, k: int) -> range:
-        """Input slices that output slice k reads (all earlier slices; the single shared input)."""
-        return range(min(k, len(self.in_chs) - 1) + 1)
+        """Input slices that output slice k reads (slices ``reads_from[k]..k``; the single shared input)."""
+        if len(self.in_chs) == 1:
+            return range(1)
+        return range(self.reads_from[k], k + 1)
+
+    def read_offset(self, k: int, in_w: Sequence[int]) -> int:
+        """Channels of the compact input ``[s_1 | ... | s_k]`` before the first slice output slice k reads."""
+        return sum(in_w[j] for j in range(self._reads(k).start))
 
     def plan(self, in_w: Sequence[int], out_w: Sequence[int], kernels: Sequence[int]) -> ConvPlan:
         """Index and mask tensors for active slice widths ``in_w``/``out_w`` and per-slice kernels.

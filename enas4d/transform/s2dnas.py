@@ -16,6 +16,15 @@ masks its upper triangle of slices (design.md section 3). So the transform is
    starts from the static classifier's columns of the channels it reads.
 
 With K = 1 and the static candidates the result computes exactly the static network.
+
+**Grow** (``grow=(f_1, ..., f_{K-1})``, an option next to the paper's split): instead of cutting
+the static network into K pieces, put K - 1 *new* slices in front of it, f_k times as wide as the
+static layer in every layer. The new stages read only each other (lower-triangular, as in a
+split); the last stage is the whole static network and reads only its own slice (NetSpec
+``reads_from``: the paper's concat indicators), so its exit computes exactly the static network
+at exactly its MACs, and the cheap first stages are what fine-tuning trains. Splitting, by
+contrast, removes every weight from a later slice into an earlier one and takes every exit to
+near chance, which fine-tuning must then recover (README, Results).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from torch import Tensor, nn
 
 from enas4d.models.blocks import MSBlock
 from enas4d.models.supernet import MultiStageSupernet, NetSpec
-from enas4d.nn.layers import MSBatchNorm2d, MSConv2d
+from enas4d.nn.layers import MSBatchNorm2d, MSConv2d, offsets
 
 __all__ = ["TransformError", "channel_importance", "from_static", "sort_channels"]
 
@@ -133,10 +142,62 @@ def _fit(src: Tensor, shape: torch.Size, name: str) -> Tensor:
     raise TransformError(f"from_static: cannot place {name} of shape {list(src.shape)} into {list(shape)}")
 
 
+@torch.no_grad()
+def _grow_weights(net: MultiStageSupernet, source: MultiStageSupernet) -> None:
+    """Write ``source`` (K = 1) into the last slice of every layer of ``net``; the new slices keep
+    their fresh initialisation, and the last slice's weights from them are zero."""
+    src = dict(source.named_modules())
+    for name, m in net.named_modules():
+        if isinstance(m, MSConv2d):
+            s = src[name]
+            r0 = offsets(m.out_chs)[-1]
+            c0 = 0 if m.depthwise or len(m.in_chs) == 1 else offsets(m.in_chs)[-1]
+            block = m.weight[r0:]
+            block.zero_()
+            cols = block[:, c0:c0 + s.weight.shape[1]]
+            cols.copy_(_fit(s.weight, cols.shape, name + ".weight"))
+        elif isinstance(m, MSBatchNorm2d) and name.startswith(("stem", "blocks")):
+            s = src[name]
+            r0 = offsets(m.chs)[-1]
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(m, key)[r0:].copy_(getattr(s, key))
+    last, s_head = net.heads[-1], source.heads[0]
+    last.load_state_dict({k: v for k, v in s_head.state_dict().items()
+                          if not k.startswith(_first_name(s_head))}, strict=False)
+    first, s_first = last._first(), s_head._first()
+    first.weight.zero_()
+    first.weight[:, sum(last.in_chs[:-1]):] = s_first.weight
+    if getattr(first, "bias", None) is not None:
+        first.bias.copy_(s_first.bias)
+
+
+def _first_name(head: nn.Module) -> str:
+    """State-dict prefix of a head's first layer (the one whose input columns follow the widths)."""
+    first = head._first()
+    return next(n for n, m in head.named_children() if m is first) + "."
+
+
+def _grow_spec(spec: NetSpec, grow: Sequence[float], num_stages: int) -> NetSpec:
+    """The spec of ``spec`` with ``len(grow)`` new slices, each f times every group's width, in front."""
+    if len(grow) != num_stages - 1 or any(not 0 < f for f in grow):
+        raise TransformError(f"grow={list(grow)} not allowed; allowed: num_stages - 1 = {num_stages - 1} "
+                             f"positive width fractions of the new stages")
+    groups = []
+    for gs in spec.groups:
+        new = [f * gs.width for f in grow]
+        if any(abs(n - round(n)) > 1e-9 or round(n) < 1 for n in new):
+            raise TransformError(f"grow={list(grow)} not allowed for a group {gs.width} wide; allowed: fractions "
+                                 f"that give every group a whole number of channels (e.g. 0.25, 0.5)")
+        groups.append(dataclasses.replace(gs, width=gs.width + sum(round(n) for n in new)))
+    return dataclasses.replace(spec, groups=tuple(groups), slice_fracs=(*map(float, grow), 1.0),
+                               reads_from=(0,) * (num_stages - 1) + (num_stages - 1,))
+
+
 def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
                 width_mults: Sequence[float] | None = None, kernels: Sequence[int] | None = None,
                 depths: Sequence[int] | None = None, resolutions: Sequence[int] | None = None,
-                sort: bool = True, name: str | None = None) -> MultiStageSupernet:
+                sort: bool = True, grow: Sequence[float] | None = None,
+                name: str | None = None) -> MultiStageSupernet:
     """A K-stage supernet initialised from the static network ``static`` (see the module docstring).
 
     Args:
@@ -147,6 +208,8 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
             (None keeps the static value only). Widths are fractions of each slice's maximum;
             kernels must be at least the static kernel; depths are clipped to each group's depth.
         sort: order channels by importance before splitting (``sort_channels``).
+        grow: None splits the static network (the paper); K - 1 width fractions grow new, cheap
+            stages in front of it instead, the static network being the last stage (module docstring).
         name: the result's name (kept in checkpoints); default ``"<static name>-s2dnas"``.
     """
     if static.num_stages != 1:
@@ -159,11 +222,13 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
         raise TransformError(f"from_static: kernels={list(kernels)} not allowed; allowed: sizes >= the static "
                              f"kernel {base_k} (smaller ones would drop trained weights)")
     narrowest = min(gs.width for gs in spec.groups)
-    if not 1 <= num_stages <= narrowest:
+    if grow is not None and not 2 <= num_stages <= 6:
+        raise TransformError(f"num_stages={num_stages} not allowed with grow; allowed: 2..6")
+    if grow is None and not 1 <= num_stages <= narrowest:
         raise TransformError(f"num_stages={num_stages} not allowed; allowed: 1..{min(6, narrowest)} "
                              f"(every stage needs a channel of the narrowest group, {narrowest} wide)")
     new_spec = dataclasses.replace(
-        spec,
+        spec if grow is None else _grow_spec(spec, grow, num_stages),
         width_mults=tuple(width_mults) if width_mults is not None else spec.width_mults,
         kernels=tuple(kernels) if kernels is not None else spec.kernels,
         depths=tuple(depths) if depths is not None else spec.depths,
@@ -172,6 +237,10 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
     source = sort_channels(static) if sort else static
     net = MultiStageSupernet(new_spec, static.num_classes, num_stages, static.in_chans,
                              name=name or f"{static.name}-s2dnas")
+    if grow is not None:
+        _grow_weights(net, source)
+        net.set_subnet(net.space.largest())
+        return net
     src = source.state_dict()
     head_map = {f"heads.{k}.": "heads.0." for k in range(num_stages)}
     new_state = {}

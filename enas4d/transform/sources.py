@@ -156,10 +156,10 @@ def _graph_from_config(cfg: Any, num_classes: int, in_chans: int,
                        image_size: int | None) -> tuple[nn.Module, nn.Module | None]:
     """(graph supernet, teacher) for a torchvision/timm ``supernet.source`` (``image_size``: the data's)."""
     source = str(cfg.source)
-    for key in ("kernels", "depths"):
+    for key in ("kernels", "depths", "grow"):
         if cfg.get(key) is not None:
             raise TransformError(f"supernet.{key}={list(cfg[key])} not allowed for {source}: networks transformed "
-                                 "from their graph have elastic widths only; allowed: null")
+                                 "from their graph are split, with elastic widths only; allowed: null")
     res = cfg.get("resolutions")
     if res is None and image_size is not None:  # the data's image size: what the model will see
         res = [image_size]
@@ -191,7 +191,8 @@ def transformed_from_config(cfg: Any, num_classes: int, in_chans: int,
         return None if v is None else list(v)
 
     net = from_static(static, int(cfg.num_stages), width_mults=opt("width_mults"), kernels=opt("kernels"),
-                      depths=opt("depths"), resolutions=opt("resolutions"), sort=bool(cfg.sort_channels))
+                      depths=opt("depths"), resolutions=opt("resolutions"), sort=bool(cfg.sort_channels),
+                      grow=opt("grow"))
     for p in static.parameters():
         p.requires_grad_(False)
     return net, static

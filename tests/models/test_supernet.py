@@ -9,11 +9,24 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import enas4d
+from enas4d.models.supernet import MultiStageSupernet
 from enas4d.space import InvalidSubnetError
 from tests.models.helpers import perturb_after, randomize_bn
 
 # (family, random subnets to check, batch): the ImageNet family is large, so fewer and smaller.
-FAMILIES = [("resnet_cifar", 4, 2), ("resnet56_cifar", 1, 2), ("mbv3_cifar", 3, 2), ("mbv3_imagenet", 0, 1)]
+FAMILIES = [("resnet_cifar", 4, 2), ("resnet56_cifar", 1, 2), ("mbv3_cifar", 3, 2), ("mbv3_imagenet", 0, 1),
+            ("resnet_cifar+slices", 4, 2), ("mbv3_cifar+slices", 2, 2)]
+# "+slices": unequal slices (the first stage narrow) and a last stage that reads only its own slice
+# (the paper's concat indicators as NetSpec.slice_fracs / reads_from).
+SLICES = {"slice_fracs": (0.25, 0.25, 0.5), "reads_from": (0, 0, 2)}
+
+
+def _build(name: str) -> MultiStageSupernet:
+    base, _, variant = name.partition("+")
+    net = enas4d.create_supernet(base, num_classes=10, num_stages=3)
+    if variant:
+        net = MultiStageSupernet(dataclasses.replace(net.spec, **SLICES), 10, 3, name=name)
+    return net
 
 
 def _subnets(net, n: int, seed: int):
@@ -28,7 +41,7 @@ def _subnets(net, n: int, seed: int):
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f[0] for f in FAMILIES])
 def family(request):
     name, n, batch = request.param
-    net = enas4d.create_supernet(name, num_classes=10, num_stages=3)
+    net = _build(name)
     randomize_bn(net, torch.Generator().manual_seed(1))
     return net.eval(), n, batch
 
@@ -54,7 +67,7 @@ def test_causality(family, mode):
     x = torch.randn(max(batch, 2), 3, 32, 32)
     s = _subnets(net, 1, seed=4)[-1].with_all_exits()
     for k in range(net.num_stages - 1):
-        probe = enas4d.create_supernet(net.name, num_classes=10, num_stages=net.num_stages)
+        probe = _build(net.name)
         probe.load_state_dict(net.state_dict())
         probe.train(mode == "train")
         probe.set_subnet(s)

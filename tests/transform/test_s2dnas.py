@@ -123,3 +123,44 @@ def test_state_dict_weights_load(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x)[-1], static(x)[-1])
+
+
+@pytest.mark.parametrize("name", ["resnet20_static", "mbv3_static"])
+def test_grow_last_exit_is_the_static_network_at_its_macs(name):
+    static = _static(name)
+    net = from_static(static, num_stages=3, grow=(0.5, 0.25), width_mults=(0.5, 1.0), depths=(1, 3)).eval()
+    s = net.space.largest()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        outs = net(x)
+        assert (outs[-1] - static(x)[-1]).abs().max().item() <= 1e-5
+        for a, b in zip(outs, net.extract(s)(x)):  # and the extracted network computes the same
+            assert (a - b).abs().max().item() <= 1e-5
+    body, heads = net.stage_macs(s)
+    s_body, s_heads = static.stage_macs(static.space.largest())
+    assert body[-1] == s_body[0]  # the last stage reads only its own slice: exactly the static body
+    assert body[0] + body[1] < 0.6 * body[-1]  # the new stages together cost about half the static one
+    assert heads[-1] > s_heads[0]  # the last exit also reads the new slices (zero-initialised columns)
+
+
+def test_grow_places_static_weights_in_the_last_slice():
+    static = _static("resnet20_static")
+    net = from_static(static, num_stages=2, grow=(0.5,), sort=False)
+    conv, s_conv = net.blocks[3].convs[0], static.blocks[3].convs[0]  # group 1's first block: 16 -> 32
+    assert conv.in_chs == (8, 16) and conv.out_chs == (16, 32)
+    assert torch.equal(conv.weight[16:, 8:], s_conv.weight)
+    assert not conv.weight[16:, :8].any()  # the static slice ignores the new one
+    bn, s_bn = net.blocks[3].bns[0], static.blocks[3].bns[0]
+    assert torch.equal(bn.running_var[16:], s_bn.running_var)
+    assert torch.equal(net.heads[1].classifier.weight[:, 32:], static.heads[0].classifier.weight)
+    assert torch.equal(net.heads[1].classifier.bias, static.heads[0].classifier.bias)
+
+
+def test_grow_bad_input_is_one_clear_error():
+    static = _static("resnet20_static")
+    with pytest.raises(TransformError, match=r"grow=\[0.5\] not allowed; allowed: num_stages - 1 = 2"):
+        from_static(static, num_stages=3, grow=(0.5,))
+    with pytest.raises(TransformError, match="whole number of channels"):
+        from_static(static, num_stages=2, grow=(0.3,))
+    with pytest.raises(TransformError, match="num_stages=1 not allowed with grow"):
+        from_static(static, num_stages=1, grow=())
