@@ -50,7 +50,7 @@ demo: install ## Train on the bundled digits, search at a MAC budget, export, ev
 # QUICK=1: the smoke variant (a few batches per epoch, small searches; under 15 minutes).
 # GPU=1: train on one GPU with a 60-epoch static budget (trainer=gpu).
 cifar10-reference: install ## CIFAR-10: static ResNet-20 vs enas4d (S2DNAS) at the same training time -> outputs/cifar10_reference/results.md
-	$(BIN)/python tools/cifar10_reference.py $(if $(QUICK),--quick,) $(if $(GPU),--gpu --epochs 60,)
+	$(BIN)/python tools/cifar10_reference.py $(if $(QUICK),--quick,) $(if $(GPU),--gpu --epochs 60,) $(if $(TRANSFORM),--transform $(TRANSFORM),)
 
 bench: install ## Run the benchmark scripts in tools/ (each prints ratios measured side by side)
 	$(BIN)/python tools/bench_supernet.py --threads 1

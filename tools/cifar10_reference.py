@@ -40,6 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FRACTIONS = (0.25, 0.5, 0.75)  # search budgets, as fractions of the static ResNet-20's MACs
+GROW = (0.5, 0.25)  # --transform grow: widths of the two new stages, as fractions of ResNet-20's
 
 
 class ReferenceError(RuntimeError):
@@ -93,7 +94,12 @@ class State:
 
 
 # --------------------------------------------------------------------------- plan
-def time_steps(n_steps: int) -> tuple[float, float]:
+def transform_overrides(transform: str) -> list[str]:
+    """enas4d-train overrides of the S2DNAS fine-tuning for ``--transform``."""
+    return [] if transform == "split" else [f"supernet.grow=[{','.join(map(str, GROW))}]"]
+
+
+def time_steps(n_steps: int, transform: str = "split") -> tuple[float, float]:
     """Median seconds of one training step: (static ResNet-20, S2DNAS fine-tuning), interleaved."""
     import statistics
     from functools import partial
@@ -110,7 +116,8 @@ def time_steps(n_steps: int) -> tuple[float, float]:
     torch.set_num_threads(1)
     static = create_supernet("resnet20_static", num_classes=10, num_stages=1)
     teacher = create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
-    net = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3))
+    net = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3),
+                      grow=GROW if transform == "grow" else None)
     meta = {"name": "cifar10", "cfg": {}, "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": list("0123456789"),
             "image_size": 32}
     sgd = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
@@ -136,14 +143,14 @@ def make_plan(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / "plan.json"
     if path.is_file():
         return json.loads(path.read_text())
-    t_static, t_s2dnas = time_steps(3 if args.quick else 10)
+    t_static, t_s2dnas = time_steps(3 if args.quick else 10, args.transform)
     epochs = args.epochs
     source_epochs = max(1, round(args.source_fraction * epochs))
     # The fine-tuning gets the static epochs the source did not use, converted at the measured step-time ratio.
     ft_epochs = max(1, round((epochs - source_epochs) * t_static / t_s2dnas))
     plan = {"static_step_s": round(t_static, 4), "s2dnas_step_s": round(t_s2dnas, 4), "static_epochs": epochs,
             "source_epochs": source_epochs, "finetune_epochs": ft_epochs, "source_fraction": args.source_fraction,
-            "quick": args.quick}
+            "transform": args.transform, "quick": args.quick}
     write_atomic(path, json.dumps(plan, indent=2))
     return plan
 
@@ -173,7 +180,8 @@ def train_both(out: Path, plan: dict[str, Any], state: State, args: argparse.Nam
         "static": [("static", ["experiment=cifar10_static", f"trainer.max_epochs={plan['static_epochs']}"])],
         "s2dnas": [("s2dnas_source", ["experiment=cifar10_static", f"trainer.max_epochs={plan['source_epochs']}"]),
                    ("s2dnas", ["experiment=s2dnas_resnet20_cifar10", f"supernet.weights={source_ckpt}",
-                               f"trainer.max_epochs={plan['finetune_epochs']}"])],
+                               f"trainer.max_epochs={plan['finetune_epochs']}",
+                               *transform_overrides(plan.get("transform", "split"))])],
     }
     errors: list[BaseException] = []
 
@@ -354,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="CIFAR-10 .npz (x uint8 NHWC, y)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the static baseline, which set the "
                    "training budget of both paths (default 10; design.md's recipe is 15; 1 with --quick)")
-    p.add_argument("--source-fraction", type=float, default=0.3,
-                   help="share of the S2DNAS path's budget spent training its static source (default 0.3: "
-                   "the split network's accuracy comes from fine-tuning, not from a better source)")
+    p.add_argument("--transform", choices=("split", "grow"), default="split",
+                   help="how the S2DNAS path turns its static source into 3 stages: split its channels (the "
+                   "paper) or grow two new cheap stages in front of it (its last exit is the source)")
+    p.add_argument("--source-fraction", type=float, default=None,
+                   help="share of the S2DNAS path's budget spent training its static source (default 0.3 for "
+                   "split, whose accuracy comes from fine-tuning; 0.6 for grow, whose last exit is the source)")
     p.add_argument("--gpu", action="store_true", help="train on one GPU (trainer=gpu); use with a longer "
                    "schedule, e.g. --epochs 60")
     p.add_argument("--quick", action="store_true", help="smoke variant: few batches, small searches (< 15 min)")
@@ -364,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.data).is_file():
         print(f"cifar10-reference: error: --data: no file at {args.data!r}", file=sys.stderr)
         return 2
+    if args.source_fraction is None:
+        args.source_fraction = 0.3 if args.transform == "split" else 0.6
     if not 0.0 < args.source_fraction < 1.0:
         print(f"cifar10-reference: error: --source-fraction={args.source_fraction} not allowed; allowed: (0, 1)",
               file=sys.stderr)
@@ -382,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(args, out)
         if plan.get("quick") != args.quick:
             raise ReferenceError(f"{out}/plan.json was made {'with' if plan.get('quick') else 'without'} --quick; "
+                                 "use another --out or remove that folder")
+        if plan.get("transform", "split") != args.transform:
+            raise ReferenceError(f"{out}/plan.json was made with --transform {plan.get('transform', 'split')}; "
                                  "use another --out or remove that folder")
         print(f"cifar10-reference: plan {json.dumps(plan)}", flush=True)
         train_both(out, plan, state, args)

@@ -43,3 +43,17 @@ def test_bad_source_fraction_is_refused(tmp_path, capsys):
 def test_a_failed_step_names_its_log(tmp_path):
     with pytest.raises(ref.ReferenceError, match=r"failed \(exit 3\): boom \(log: .*step.log\)"):
         ref.run(["bash", "-c", "echo boom; exit 3"], tmp_path / "step.log")
+
+
+def test_a_resume_with_another_transform_is_refused(tmp_path, capsys):
+    data, out = tmp_path / "x.npz", tmp_path / "out"
+    data.write_bytes(b"")
+    out.mkdir()
+    (out / "plan.json").write_text('{"quick": false, "transform": "split"}')
+    assert ref.main(["--data", str(data), "--out", str(out), "--transform", "grow"]) == 1
+    assert "was made with --transform split" in capsys.readouterr().err
+
+
+def test_grow_fine_tuning_gets_the_grow_override():
+    assert ref.transform_overrides("split") == []
+    assert ref.transform_overrides("grow") == ["supernet.grow=[0.5,0.25]"]
