@@ -44,7 +44,8 @@ def bench(family: str, stages: int, batch: int, steps: int, rounds: int) -> list
                     ("largest", net.space.largest())]:
         s = s.with_all_exits()
         net.set_subnet(s)
-        static = net.extract(s).train()
+        with net.bn_unchecked():  # trained from here: its BatchNorm statistics do not matter
+            static = net.extract(s).train()
         for p in static.parameters():
             p.requires_grad_(True)
         for m in (net, static):  # warm-up (allocator, oneDNN primitives)

@@ -60,7 +60,8 @@ def main() -> None:
     module = SupernetModule(net, sgd, None, meta, n_random=args.n_random)
     opt = sgd(param_groups(net, 5e-5))
     space = net.space
-    static = net.extract(space.largest()).train()  # plain torch modules, real shapes
+    with net.bn_unchecked():  # trained from here: its BatchNorm statistics do not matter
+        static = net.extract(space.largest()).train()  # plain torch modules, real shapes
     static_opt = sgd(param_groups(static, 5e-5))
     step_counter = iter(range(10**9))
 

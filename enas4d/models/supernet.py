@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from enas4d.models import static as st
 from enas4d.models.blocks import BasicBlock, BlockCfg, BlockPlan, MBBlock, MSBlock
+from enas4d.nn.bn import TracksBNSubnet
 from enas4d.nn.layers import ConvPlan, MSBatchNorm2d, MSConv2d, active_index, make_act
 from enas4d.space import SearchSpace, Subnet
 
@@ -210,9 +211,10 @@ class ExitHead(nn.Module):
         return st.Head(pre, hidden, cut(self.classifier))
 
 
-class ActiveSubnet(nn.Module):
+class ActiveSubnet(TracksBNSubnet):
     """The active-subnet state every supernet shares: ``set_subnet`` (the subclass's, the only writer)
-    stores a plan with a ``subnet`` field in ``_plan``; a move to another device rebuilds it there."""
+    stores a plan with a ``subnet`` field in ``_plan``; a move to another device rebuilds it there.
+    It also records which subnet the BatchNorm statistics belong to (:class:`enas4d.nn.bn.TracksBNSubnet`)."""
 
     _plan: Any = None  # set by set_subnet
 
@@ -392,8 +394,10 @@ class MultiStageSupernet(ActiveSubnet):
 
     # ----------------------------------------------------------------- extract
     def extract(self, s: Subnet) -> st.StaticMultiStageNet:
-        """A standalone network of real shapes computing subnet ``s`` (eval-mode statistics)."""
+        """A standalone network of real shapes computing subnet ``s`` (eval-mode statistics: those of
+        ``s``, else BNStatsError; see :class:`enas4d.nn.bn.TracksBNSubnet`)."""
         self.space.validate(s)
+        self.check_bn(s, action="extract")
         K = self.num_stages
         cfgs = self.block_cfgs(s)
         w0 = tuple(s.width[k][0] for k in range(K))

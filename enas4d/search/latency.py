@@ -118,7 +118,8 @@ def stage_features(net: nn.Module, s: Subnet) -> StageFeatures:
     network gives the shapes. Ops that hand an earlier stage's tap on unchanged write nothing.
     """
     s = s.with_all_exits()
-    static = net.extract(s).eval()
+    with net.bn_unchecked():  # shapes only: whose BatchNorm statistics it holds does not matter
+        static = net.extract(s).eval()
     body_macs, head_macs = net.stage_macs(s)
     K = s.num_stages
     body = np.zeros((K, len(BODY_FEATURES)))
@@ -482,7 +483,9 @@ def profile_supernet(net: nn.Module, supernet: Mapping[str, Any], space_cfg: Map
             t0 = time.perf_counter()
             feats = stage_features(net, s)
             num_exits = sum(s.exits)
-            model = build_early_exit(net.extract(s), mean, std, [0.0] * num_exits, int(net.num_classes))
+            with net.bn_unchecked():  # timing only: whose BatchNorm statistics it holds does not matter
+                static = net.extract(s)
+            model = build_early_exit(static, mean, std, [0.0] * num_exits, int(net.num_classes))
             times = time_exits(_runner(model, st.runtime), num_exits, inputs, st)
             records.append({"subnet": s.to_dict(), "features": {"body": feats.body.tolist(),
                                                                 "head": feats.head.tolist()},

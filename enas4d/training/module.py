@@ -17,7 +17,8 @@ only once" check). The cost is memory: the graphs of all sampled subnets are ali
 ``2 + n_random`` times a single subnet's activations.
 
 Validation evaluates the smallest, a middle and the largest subnet, each after BatchNorm
-re-estimation on the datamodule's fixed calibration subset, and logs every exit's accuracy as
+re-estimation on the datamodule's fixed calibration subset (the largest's statistics stay loaded,
+recorded as ``net.bn_subnet``, so a checkpoint says whose they are), and logs every exit's accuracy as
 ``val/{min,mid,max}/exit{k}``; ``val/acc`` is the mean last-exit accuracy of the three (of the distinct
 ones: a one-architecture space, a static network, validates only ``max``).
 """
@@ -207,6 +208,7 @@ class SupernetModule(pl.LightningModule):
         if self.grad_clip_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
+        self.net.set_bn_subnet(None)  # the weights moved: the BatchNorm statistics are nobody's now
         sch = self.lr_schedulers()
         if sch is not None:
             sch.step()

@@ -12,6 +12,7 @@ import torch
 import enas4d
 from enas4d.checkpoint import CheckpointError, load_supernet, make_meta, read_checkpoint
 from enas4d.data import DigitsDataModule, create_datamodule
+from enas4d.nn.bn import BNStatsError
 from enas4d.train import summary_rows
 from enas4d.training import CalibrationSet, SupernetModule, check_meta_compatible, evaluate_exits
 from enas4d.training.module import SAMPLER_CKPT_KEY
@@ -105,6 +106,28 @@ def test_checkpoint_rebuilds_supernet_and_data(fitted):
     x0, _ = next(iter(dm.val_dataloader()))
     x1, _ = next(iter(fitted["dm"].val_dataloader()))
     assert torch.equal(x0, x1)  # the same validation split, normalised the same way
+
+
+def test_checkpoint_says_whose_batchnorm_statistics_it_holds(fitted):
+    """Validation leaves the largest subnet's statistics loaded; the checkpoint says so."""
+    net, _ = load_supernet(fitted["ckpt"])
+    space = net.space
+    assert net.bn_subnet == space.largest()
+    x = torch.randn(2, 3, 24, 24)
+    net(x)  # load_supernet: eval mode, the largest subnet active
+    net.set_subnet(space.smallest())
+    with pytest.raises(BNStatsError, match="recalibrate_bn"):
+        net(x)
+
+
+def test_a_training_step_makes_the_statistics_nobodys(tmp_path):
+    dm = _datamodule()
+    dm.setup("fit")
+    net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2)
+    CalibrationSet(dm.calibration_dataloader(16)).calibrate(net, net.space.largest())
+    assert net.bn_subnet == net.space.largest()
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(_module(net, dm), datamodule=dm)
+    assert net.bn_subnet is None  # estimated for the weights before the step
 
 
 def test_checkpoint_of_other_supernet_is_refused(fitted):

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from enas4d.checkpoint import build_supernet
+from enas4d.nn.bn import recalibrate_bn
 from enas4d.nn.layers import MSBatchNorm2d, offsets
 from enas4d.transform import GraphSupernet, TransformError, from_static
 from enas4d.transform.graph import GraphConv, GraphHead
@@ -138,6 +139,7 @@ CASES = ["torchvision:resnet18", "torchvision:mobilenet_v2", "timm:mobilenetv2_1
 def test_causal(name):
     static = _static(name, R)
     net = from_static(static, num_stages=3, resolutions=(R,), width_mults=(0.5, 1.0)).eval()
+    net.bn_check = False  # the static network's statistics, for every subnet on purpose
     x = torch.rand(3, 3, R, R)
     gen = torch.Generator().manual_seed(3)
     for s in (net.space.largest(), net.space.sample(gen).with_all_exits()):
@@ -161,6 +163,7 @@ def test_causal(name):
 def test_extract_and_macs(name):
     static = _static(name, R)
     net = from_static(static, num_stages=3, resolutions=(R,), width_mults=(0.5, 0.75, 1.0)).eval()
+    net.bn_check = False  # the static network's statistics, for every subnet on purpose
     x = torch.rand(2, 3, R, R)
     gen = torch.Generator().manual_seed(5)
     for s in (net.space.largest(), net.space.smallest(), net.space.sample(gen), net.space.sample(gen)):
@@ -214,8 +217,10 @@ def test_checkpoint_rebuild():
     sn = {"name": net.name, "num_classes": 10, "num_stages": 3, "in_chans": 3, "spec": net.spec.to_dict()}
     rebuilt = build_supernet(sn)
     assert rebuilt.space == net.space
-    rebuilt.load_state_dict(net.state_dict())
     x = torch.rand(2, 3, R, R)
+    recalibrate_bn(net, [x])
+    rebuilt.load_state_dict(net.state_dict())
+    assert rebuilt.bn_subnet == net.bn_subnet == net.space.largest()  # whose statistics: in the state dict
     with torch.no_grad():
         for a, b in zip(rebuilt.eval()(x), net.eval()(x)):
             assert torch.equal(a, b)
