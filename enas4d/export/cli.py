@@ -150,7 +150,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
     result = export_subnet(
         net, choice.subnet, choice.thresholds, out, confidence=choice.confidence, data=data,
         calib_batches=calib.batches, val_batches=val if cfg.validate else None, check_images=check,
-        checkpoint=ckpt, checkpoint_sha256=digest, result=result_path, search_info=choice.info,
+        checkpoint=ckpt, checkpoint_sha256=digest, result=result_path, search_info=choice.info, latency=choice.latency,
         supernet_meta=dict(meta.supernet),
         fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), overwrite=bool(cfg.overwrite))
     val_report = result["validation"]

@@ -5,7 +5,8 @@ The folder (``out``) holds::
     model.ts         TorchScript: logits, exit_index = m(x), x float (N, C, H, W) in [0, 1]
     onnx/            preprocess.onnx, stage_<k>.onnx and manifest.json (see onnx_export.py)
     onnx_runner.py   numpy + onnxruntime early-exit runner for the graphs (a copy of ours)
-    subnet.json      what the model is: subnet, thresholds, MACs per exit, data, provenance
+    subnet.json      what the model is: subnet, thresholds, MACs per exit, data, provenance, and
+                     (from a search with a device profile) its predicted latency per image
     README.md        model card: table of exits with MACs, exit rate and validation accuracy
 
 It is written into a temporary sibling folder and moved into place only once complete, so a
@@ -42,7 +43,7 @@ from enas4d.export.onnx_export import export_onnx
 from enas4d.export.report import pct
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
-from enas4d.search.budget import format_macs
+from enas4d.search.budget import format_macs, format_seconds
 from enas4d.utils.files import make_temp_dir, write_json
 from enas4d.space import InvalidSubnetError, Subnet
 
@@ -78,6 +79,7 @@ class SearchChoice:
     thresholds: list[float]  # one per enabled exit; the last is 0.0 (always accepts)
     confidence: str  # confidence measure the thresholds apply to
     info: dict[str, Any]  # search numbers worth keeping (val_accuracy, expected_macs, budget, ...)
+    latency: dict[str, Any] | None = None  # the search's latency prediction (see latency_info), if any
 
 
 # ------------------------------------------------------------------------------- result.json
@@ -164,9 +166,61 @@ def read_result(path: str | os.PathLike, net: MultiStageSupernet, res: dict[str,
     if res["confidence"] not in CONFIDENCES:
         raise ExportError(f"result: confidence {res['confidence']!r} is not supported; allowed values: "
                           f"{list(CONFIDENCES)}")
-    keep = ("val_accuracy", "expected_macs", "budget", "exit_rates", "exit_macs", "num_val_images", "bn")
+    keep = ("val_accuracy", "expected_macs", "budget", "budget_unit", "expected_latency", "exit_rates", "exit_macs",
+            "num_val_images", "bn")
     return SearchChoice(subnet, exit_thresholds(subnet, res["thresholds"]), str(res["confidence"]),
-                        {k: res[k] for k in keep if k in res})
+                        {k: res[k] for k in keep if k in res}, latency_info(res, sum(subnet.exits), path))
+
+
+def _positive(value: Any) -> bool:
+    """Whether ``value`` is a positive finite number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json") -> dict[str, Any] | None:
+    """The search's latency prediction from a ``result.json`` (None when it searched without a device
+    profile), as ``subnet.json`` records it under ``latency``.
+
+    Keys: ``budget_unit`` (``"seconds"``: a latency budget; ``"macs"``: a MAC budget with a profile),
+    ``budget`` (seconds per image, None for a MAC budget), ``expected`` (predicted average seconds per
+    image at the search's exit rates), ``exit_latency`` (predicted cumulative seconds per image of
+    each enabled exit), ``batch_size`` (the profile's batch size the prediction is for),
+    ``device_profile`` and ``device_profile_sha256`` (the profile file and its content hash), and
+    the profile's ``machine``, ``torch``, ``threads``, ``clock`` and ``runtime``. ExportError
+    naming the field for a malformed block.
+    """
+    lat = res.get("latency")
+    if lat is None:
+        return None
+
+    def bad(field: str, allowed: str) -> ExportError:
+        value = lat.get(field) if isinstance(lat, dict) else lat
+        return ExportError(f"result: latency{'.' + field if field else ''}={value!r} in {path!r} is not allowed; "
+                           f"allowed values: {allowed}")
+
+    if not isinstance(lat, dict):
+        raise bad("", "an object (as enas4d-search writes it) or null")
+    if not _positive(lat.get("expected")):
+        raise bad("expected", "seconds per image > 0")
+    b = lat.get("batch_size")
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise bad("batch_size", "integers >= 1")
+    exits = lat.get("exit_latency")
+    if not isinstance(exits, list) or len(exits) != num_exits or not all(_positive(v) for v in exits):
+        raise bad("exit_latency", f"{num_exits} cumulative seconds per image > 0, one per enabled exit")
+    if lat.get("budget") is not None and not _positive(lat["budget"]):
+        raise bad("budget", "seconds per image > 0, or null")
+    for field in ("device_profile", "device_profile_sha256"):
+        if lat.get(field) is not None and not isinstance(lat[field], str):
+            raise bad(field, "a string or null")
+    unit = res.get("budget_unit", "seconds" if lat.get("budget") is not None else "macs")
+    if unit not in ("macs", "seconds"):
+        raise ExportError(f"result: budget_unit={unit!r} in {path!r} is not allowed; allowed values: "
+                          "['macs', 'seconds']")
+    return {"budget_unit": unit, "budget": lat.get("budget"), "expected": float(lat["expected"]),
+            "exit_latency": [float(v) for v in exits], "batch_size": b,
+            "device_profile": lat.get("device_profile"), "device_profile_sha256": lat.get("device_profile_sha256"),
+            **{k: lat.get(k) for k in ("machine", "torch", "threads", "clock", "runtime")}}
 
 
 # ----------------------------------------------------------------------------- output folder
@@ -345,6 +399,16 @@ def model_card(meta: dict[str, Any]) -> str:
                   f"**{pct(val['accuracy'])}** at **{format_macs(val['avg_macs'])} MACs** per image on "
                   f"average, {meta['exit_macs'][-1] / val['avg_macs']:.2f}x fewer than the last exit "
                   f"({format_macs(meta['exit_macs'][-1])}).", ""]
+    lat = meta.get("latency")
+    if lat is not None:
+        where = ", ".join(str(v) for v in ((lat.get("machine") or {}).get("hostname"),
+                                           f"{lat.get('threads')} thread(s)" if lat.get("threads") else None,
+                                           lat.get("runtime")) if v)
+        budget = "" if lat["budget"] is None else f" for a budget of {format_seconds(lat['budget'])}"
+        lines += [f"Predicted latency (enas4d-search{budget}): **{format_seconds(lat['expected'])} per image** on "
+                  f"average at batch {lat['batch_size']} on the profiled machine ({where}; device profile "
+                  f"`{lat['device_profile']}`), cumulative per exit "
+                  f"{', '.join(format_seconds(v) for v in lat['exit_latency'])}. `enas4d-evaluate` measures it.", ""]
     lines += ["| exit | stage | threshold | cumulative MACs | exit rate | accuracy of its exits | "
               "accuracy on all images |", "|---|---|---|---|---|---|---|"]
     for e, (k, thr, macs) in enumerate(zip(meta["exit_stages"], meta["thresholds"], meta["exit_macs"])):
@@ -398,7 +462,8 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
                   val_batches: Iterable[tuple[Tensor, Tensor]] | None,
                   check_images: Tensor, checkpoint: str, checkpoint_sha256: str | None = None,
                   result: str | None = None,
-                  search_info: dict[str, Any] | None = None, supernet_meta: dict[str, Any] | None = None,
+                  search_info: dict[str, Any] | None = None, latency: dict[str, Any] | None = None,
+                  supernet_meta: dict[str, Any] | None = None,
                   fold_bn: bool = True, onnx: bool = True, opset: int = 17,
                   overwrite: bool = False) -> dict[str, Any]:
     """Write the early-exit model of ``subnet`` into the folder ``out``; returns its ``subnet.json``.
@@ -418,6 +483,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         checkpoint_sha256: its content hash, recorded.
         result: path of the search result, recorded.
         search_info: numbers from the search result worth recording.
+        latency: the search's latency prediction (:func:`latency_info`), recorded as ``latency``.
         supernet_meta: the checkpoint's supernet entry (name, num_classes, ...); default from ``net``.
         fold_bn: fold BatchNorm into the convolutions.
         onnx: also write the ONNX graphs and runner.
@@ -514,6 +580,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
             "checkpoint_sha256": checkpoint_sha256,
             "result": os.path.abspath(result) if result else None,
             "search": dict(search_info or {}),
+            "latency": None if latency is None else dict(latency),  # predicted by the search's device profile
             "fold_bn": fold_bn,
             "files": files,
             "validation": validation,

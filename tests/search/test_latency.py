@@ -229,3 +229,52 @@ def test_profile_help_names_the_app_and_shows_its_options():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("enas4d-profile: ")
     assert "Examples:" in proc.stdout and "== Config ==" in proc.stdout and "task_name: profile" in proc.stdout
+
+
+# ------------------------------------------------------------------ export of a latency search
+@pytest.fixture(scope="module")
+def latency_export(device_profile, tiny_ckpt, tmp_path_factory) -> tuple[Path, dict]:
+    """A latency-budget search of the tiny checkpoint (search settings of ``make_cfg``), exported
+    (TorchScript only): (export folder, result.json content)."""
+    from enas4d.export.cli import export
+    from enas4d.search.cli import CONF_DIR as SEARCH_CONF
+
+    from ..export.helpers import compose_cfg
+
+    root = tmp_path_factory.mktemp("latency_export")
+    budget = _budget_between(device_profile, tiny_ckpt, 0.4)
+    with initialize_config_dir(config_dir=str(SEARCH_CONF), version_base="1.3"):
+        cfg = compose("search", overrides=[
+            f"cache_dir={root / 'cache'}", "evaluations=3", "static_evaluations=2", "population=2", "bn.images=48",
+            "bn.batch_size=24", "front_levels=8", "progress=false", "threads=1", "predictor.holdout=0",
+            f"ckpt={tiny_ckpt}", f"budget={budget}", f"device_profile={device_profile}"])
+    res = search(cfg, root / "search", quiet())
+    out = root / "export"
+    export(compose_cfg("export", f"result={root / 'search' / 'result.json'}", f"out={out}", "onnx=false"), quiet())
+    return out, res
+
+
+def test_export_of_a_latency_search_records_its_prediction(latency_export, device_profile):
+    out, res = latency_export
+    meta = json.loads((out / "subnet.json").read_text())
+    lat = meta["latency"]
+    assert lat["budget_unit"] == "seconds" and lat["budget"] == res["budget"] > 0
+    assert lat["expected"] == res["expected_latency"] == res["latency"]["expected"] > 0
+    assert lat["exit_latency"] == res["latency"]["exit_latency"] and len(lat["exit_latency"]) == len(meta["thresholds"])
+    assert lat["batch_size"] == 8 == DeviceProfile.load(device_profile).batch_size
+    assert lat["device_profile"] == str(device_profile.resolve())
+    assert lat["device_profile_sha256"] == file_digest(device_profile)
+    assert lat["threads"] == 1 and lat["runtime"] == "torchscript" and lat["machine"]["hostname"]
+    assert meta["search"]["budget_unit"] == "seconds" and meta["search"]["expected_latency"] == lat["expected"]
+    assert "Predicted latency" in (out / "README.md").read_text()
+
+
+def test_export_refuses_a_malformed_latency_block(latency_export):
+    from enas4d.export.exporter import ExportError, latency_info
+
+    _, res = latency_export
+    assert latency_info({**res, "latency": None}, 2) is None
+    with pytest.raises(ExportError, match=r"^result: latency.expected=-1.0 in 'r.json' is not allowed"):
+        latency_info({**res, "latency": {**res["latency"], "expected": -1.0}}, 2, "r.json")
+    with pytest.raises(ExportError, match=r"^result: latency.exit_latency=.* allowed values: 3 cumulative"):
+        latency_info(res, 3)
