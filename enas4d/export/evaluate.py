@@ -11,12 +11,20 @@ network of the family (for ``resnet_cifar``: ResNet-20; random weights, same bac
 layout rule), the network a user would deploy instead: the real speed-up, not only the
 self-relative one. A damaged export folder is a one-line error. Writes ``metrics.json``. :func:`evaluate` is the
 importable function; :func:`main` the thin Hydra entry point. Settings: conf/evaluate.yaml.
+
+Latency: when the export carries the latency prediction of a search with a device profile
+(``subnet.json``'s ``latency``), or ``device_profile=PATH`` is given, the average latency per
+image of the model alone is also measured at the prediction's (else the profile's) batch size
+(:func:`~enas4d.export.metrics.latency`) and set against the profile's prediction for the exit
+rates of the images timed (:func:`~enas4d.search.latency.predicted_vs_measured`), and against the
+search's prediction and budget: ``metrics.json``'s ``latency``.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,8 +42,10 @@ from enas4d.export.baseline import Reference, family_spec, plain_reference
 from enas4d.utils.cli import CONF_DIR, one_line_errors, positive_int
 from enas4d.export.exporter import ExportError, read_export
 from enas4d.export.metrics import EmptyDatasetError, Predict, exit_report, throughput, to_unit
+from enas4d.export.metrics import latency as measure_latency
 from enas4d.export.report import exit_table, throughput_table
-from enas4d.search.budget import format_macs
+from enas4d.search.budget import format_macs, format_seconds
+from enas4d.search.latency import CLOCKS, DeviceProfile, LatencyError, predicted_vs_measured, timer
 from enas4d.utils.files import write_json
 from enas4d.utils import rebatch
 
@@ -147,6 +157,125 @@ def _timing_images(batches: list[Tensor], count: int) -> Tensor:
     return pool.repeat(reps, 1, 1, 1)[:count]
 
 
+@dataclass
+class _Latency:
+    """What the latency comparison needs, settled before anything is timed."""
+
+    batch_size: int  # of the prediction, and of the measurement compared with it
+    batch_from: str  # where that batch size comes from (for the output)
+    profile: DeviceProfile | None  # None: the export's recorded per-exit predictions (its profile is missing)
+    recorded: dict[str, Any] | None  # subnet.json's latency (the search's prediction), if any
+
+
+def _latency_setup(cfg: DictConfig, meta: dict[str, Any], console: Console) -> _Latency | None:
+    """The device profile and batch size to compare latency at; None when there is nothing to predict with.
+
+    ``device_profile=PATH`` must be a profile of the export's supernet (LatencyError naming the
+    field otherwise); without it the export's recorded profile is used, and if that file is gone,
+    the per-exit latencies the export recorded from it. ``latency_batch_size`` (null: the batch size
+    of the export's prediction, else the profile's) must have been profiled.
+    """
+    recorded = meta.get("latency") if isinstance(meta.get("latency"), dict) else None
+    path = cfg.device_profile
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise LatencyError(f"device_profile: {path!r} not allowed; allowed values: the path of an enas4d-profile "
+                           "profile.json, or null (the export's own)")
+    b = cfg.latency_batch_size
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+        raise LatencyError(f"latency_batch_size: {b!r} not allowed; allowed values: integers >= 1, or null")
+    if path is None and recorded is None:
+        return None
+    profile = None
+    if path is not None:
+        profile = DeviceProfile.load(path, field="device_profile")
+    elif recorded.get("device_profile") and os.path.isfile(recorded["device_profile"]):
+        profile = DeviceProfile.load(recorded["device_profile"], field="device_profile")
+        if recorded.get("device_profile_sha256") not in (None, profile.sha256):
+            console.print(f"evaluate: warning: the device profile {profile.path} changed since the search (other "
+                          "sha256); predicting with it as it is now")
+    else:
+        console.print(f"evaluate: warning: the export's device profile {recorded.get('device_profile')!r} is "
+                      "missing; predicting with the per-exit latencies the export recorded from it")
+    if profile is not None:
+        profile.check_supernet(meta["supernet"], meta["space"], field="device_profile")
+    if b is not None:
+        batch, source = int(b), "latency_batch_size"
+    elif recorded is not None and (profile is None or recorded["batch_size"] in profile.batch_sizes):
+        batch, source = int(recorded["batch_size"]), "the batch size of the export's prediction"
+    else:
+        batch, source = profile.batch_size, "the device profile's batch size"
+    if profile is not None:
+        profile.model(batch, field="latency_batch_size")
+    elif batch != recorded["batch_size"]:
+        raise LatencyError(f"latency_batch_size: {batch} is not the batch size of the export's prediction "
+                           f"({recorded['batch_size']}) and its device profile is missing; pass device_profile=PATH")
+    return _Latency(batch, source, profile, recorded)
+
+
+def _latency_report(lat: _Latency, meta: dict[str, Any], timed: dict[str, Any], clock: str, backend: str,
+                    threads: int | None) -> dict[str, Any]:
+    """Predicted against measured average latency per image at ``lat.batch_size`` (``timed``: the
+    :func:`~enas4d.export.metrics.latency` measurement)."""
+    measured = timed["seconds"]
+    rates = timed["exit_rates"]  # of the images timed
+    if lat.profile is not None:
+        out = predicted_vs_measured(lat.profile, meta, rates, measured, lat.batch_size)
+        out["predicted_by"] = "device_profile"
+    else:
+        assert lat.recorded is not None
+        predicted = sum(r * t for r, t in zip(rates, lat.recorded["exit_latency"]))
+        out = {"batch_size": lat.batch_size, "predicted": predicted, "measured": measured,
+               "ratio": measured / predicted, "exit_latency": list(lat.recorded["exit_latency"]),
+               "device_profile": lat.recorded.get("device_profile"),
+               "device_profile_sha256": lat.recorded.get("device_profile_sha256"), "same_machine": None,
+               "predicted_by": "export"}
+    rec = lat.recorded or {}
+    budget = rec.get("budget")
+    out.update({
+        "exit_rates": list(rates),
+        "batch_from": lat.batch_from,
+        "images": timed["images"],
+        "repeats": timed["repeats"],
+        "per_pass": timed["per_pass"],  # seconds per image of each timed pass; measured is their median
+        "clock": clock,
+        "profile_clock": lat.profile.data["clock"] if lat.profile is not None else rec.get("clock"),
+        "backend": backend,
+        "profile_runtime": lat.profile.data["runtime"] if lat.profile is not None else rec.get("runtime"),
+        "threads": threads,
+        "profile_threads": lat.profile.data["threads"] if lat.profile is not None else rec.get("threads"),
+        "search_predicted": rec.get("expected"),  # the search's prediction, at its validation exit rates
+        "budget_unit": rec.get("budget_unit"),
+        "budget": budget,  # seconds per image, for a latency budget
+        "measured_vs_budget": None if budget is None else measured / budget,
+    })
+    return out
+
+
+def _print_latency(out: dict[str, Any], console: Console) -> None:
+    """The latency comparison, in a few lines."""
+    console.print(f"evaluate: latency at batch {out['batch_size']} ({out['batch_from']}; the model alone, median of "
+                  f"{out['repeats']} passes over {out['images']} images, {out['clock']} clock): measured "
+                  f"{format_seconds(out['measured'])}/image, predicted "
+                  f"{format_seconds(out['predicted'])}/image by {out['device_profile']} for the exit rates measured "
+                  f"({' '.join(f'{r:.2f}' for r in out['exit_rates'])}): measured / predicted = {out['ratio']:.2f}")
+    if out["search_predicted"] is not None:
+        budget = "" if out["budget"] is None else (f", budget {format_seconds(out['budget'])}: measured / budget = "
+                                                   f"{out['measured_vs_budget']:.2f}")
+        console.print(f"evaluate: the search predicted {format_seconds(out['search_predicted'])}/image (its "
+                      f"validation exit rates){budget}")
+    if out["same_machine"] is False:
+        console.print("evaluate: warning: the device profile was measured on another machine or torch version")
+    if out["profile_runtime"] not in (None, out["backend"]):
+        console.print(f"evaluate: warning: the device profile timed the {out['profile_runtime']} runtime, this run "
+                      f"the {out['backend']} backend")
+    if out["profile_threads"] not in (None, out["threads"]):
+        console.print(f"evaluate: warning: the device profile timed {out['profile_threads']} thread(s), this run "
+                      f"{out['threads']} (pass threads={out['profile_threads']})")
+    if out["profile_clock"] not in (None, out["clock"]):
+        console.print(f"evaluate: warning: the device profile timed with the {out['profile_clock']} clock, this run "
+                      f"with the {out['clock']} clock (pass clock={out['profile_clock']})")
+
+
 def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Evaluate the export folder ``cfg.model``; returns (and writes to ``cfg.out``) the metrics."""
     console = console or Console()
@@ -156,14 +285,17 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
         raise ExportError(f"batch_sizes: expected a non-empty list of integers >= 1, got {sizes}")
     threads = None if cfg.threads is None else positive_int(cfg, "threads", ExportError)
+    if cfg.clock not in CLOCKS:
+        raise ExportError(f"clock: {cfg.clock!r} not allowed; allowed values: {list(CLOCKS)}")
     if threads is not None:
         torch.set_num_threads(threads)
     meta, predict = load_model(str(cfg.model), str(cfg.backend), threads)
+    lat = _latency_setup(cfg, meta, console)
     dm = _datamodule(cfg, meta)
     exit_macs = meta["exit_macs"]
 
     # Accuracy pass (streamed), keeping the first images for the timing set.
-    need = min(int(cfg.timing_images), int(cfg.timing_max_batches) * max(sizes))
+    need = min(int(cfg.timing_images), int(cfg.timing_max_batches) * max(sizes + ([lat.batch_size] if lat else [])))
     kept: list[Tensor] = []
     n_kept = 0
 
@@ -187,13 +319,23 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         raise ExportError(f"data: {dm.name!r} does not give images in [0, 1] once its normalisation is undone "
                           f"(other mean/std than the model's?): {lines[-1]}") from e
     ref = reference_for(meta, str(cfg.backend), threads) if cfg.reference else None
+    clock = timer(str(cfg.clock), threads)
     rows = []
+
+    def timing_set(bs: int) -> Tensor:
+        return _timing_images(kept, max(bs, min(int(cfg.timing_images), int(cfg.timing_max_batches) * bs)))
+
     for bs in sizes:
-        count = max(bs, min(int(cfg.timing_images), int(cfg.timing_max_batches) * bs))
-        images = _timing_images(kept, count)
+        images = timing_set(bs)
         rows.append(throughput(predict, images, bs, len(exit_macs), exit_macs, repeats=int(cfg.repeats),
                                reference=None if ref is None else ref.run,
-                               reference_macs=None if ref is None else ref.macs))
+                               reference_macs=None if ref is None else ref.macs, clock=clock))
+    latency = None
+    if lat is not None:
+        timed = measure_latency(predict, timing_set(lat.batch_size), lat.batch_size, len(exit_macs),
+                                repeats=int(cfg.repeats), clock=clock)
+        latency = _latency_report(lat, meta, timed, str(cfg.clock), str(cfg.backend),
+                                  torch.get_num_threads() if cfg.backend == "torchscript" else threads)
     target = float(cfg.target_ratio)
     metrics = {
         "model": os.path.abspath(str(cfg.model)),
@@ -214,6 +356,9 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "reference": None if ref is None else {"name": ref.name, "macs": ref.macs},
         "target_ratio": target,
         "meets_target": all(r["ratio"] >= target for r in rows),
+        "clock": str(cfg.clock),
+        # predicted vs measured average latency per image (None without a device profile)
+        "latency": latency,
         "threads": torch.get_num_threads() if cfg.backend == "torchscript" else threads,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
@@ -222,7 +367,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
                                                   f"validation ({report['num_images']} images, {cfg.backend})"))
     console.print(throughput_table(rows, target))
     ratios = ", ".join(f"batch {r['batch_size']}: {r['ratio']:.2f}" for r in rows)
-    console.print(f"evaluate: wall-clock speed-up / MACs reduction = {ratios} (target >= {target})")
+    console.print(f"evaluate: {'wall-clock' if cfg.clock == 'wall' else 'CPU-time'} speed-up / MACs reduction = "
+                  f"{ratios} (target >= {target})")
     if ref is not None:
         console.print(reference_table(rows, ref))
         real = ", ".join(f"batch {r['batch_size']}: {r['speedup_vs_reference']:.2f}x" for r in rows)
@@ -230,6 +376,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     elif cfg.reference:
         console.print(f"evaluate: no plain reference network for {meta.get('supernet', {}).get('name')!r} "
                       "(transformed from a graph)")
+    if latency is not None:
+        _print_latency(latency, console)
     out = Path(str(cfg.out))
     write_json(out, metrics)  # atomic: never a half-written metrics.json
     console.print(f"evaluate: wrote {out}")
@@ -239,7 +387,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns the accuracy (for sweepers). Bad input: one line, exit 2."""
-    with one_line_errors("enas4d-evaluate", ExportError):
+    with one_line_errors("enas4d-evaluate", ExportError, LatencyError):
         metrics = evaluate(cfg)
     return float(metrics["accuracy"])
 

@@ -7,6 +7,7 @@ onnxruntime runner wrapped to torch tensors), so all backends are measured the s
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -71,7 +72,7 @@ def exit_report(predict: Predict, batches: Iterable[tuple[Tensor, Tensor]], exit
 @torch.no_grad()
 def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int, exit_macs: Sequence[int],
                repeats: int = 3, warmup: int = 1, reference: Callable[[Tensor], Any] | None = None,
-               reference_macs: float | None = None) -> dict[str, Any]:
+               reference_macs: float | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Images per second of early exit vs the same model forced through the last exit (and a reference).
 
     ``images`` (M, C, H, W) in [0, 1] are run in batches of ``batch_size`` (the last partial batch
@@ -83,7 +84,8 @@ def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int
     speed-up divided by the MACs reduction (1.0: time saved in proportion to MACs saved);
     ``ratio_per_repeat`` shows its spread. With a reference also ``reference_ips``,
     ``speedup_vs_reference`` (early exit vs reference), ``macs_reduction_vs_reference`` and
-    ``ratio_vs_reference`` (their quotient).
+    ``ratio_vs_reference`` (their quotient). ``clock``: the timer (wall clock unless told; e.g.
+    ``time.thread_time``).
     """
     n = (images.shape[0] // batch_size) * batch_size
     if n == 0:
@@ -105,9 +107,9 @@ def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int
         for i, b in enumerate(batches):
             for j in range(len(runs)):
                 mode = (i + r + j) % len(runs)
-                t0 = time.perf_counter()
+                t0 = clock()
                 runs[mode](b)
-                spent[mode] += time.perf_counter() - t0
+                spent[mode] += clock() - t0
         if r >= warmup:
             for mode, t in enumerate(spent):
                 totals[mode].append(t)
@@ -132,3 +134,37 @@ def throughput(predict: Predict, images: Tensor, batch_size: int, num_exits: int
         row["macs_reduction_vs_reference"] = reference_macs / avg_macs
         row["ratio_vs_reference"] = row["speedup_vs_reference"] / row["macs_reduction_vs_reference"]
     return row
+
+
+@torch.no_grad()
+def latency(predict: Predict, images: Tensor, batch_size: int, num_exits: int, repeats: int = 3, warmup: int = 1,
+            clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Average seconds per image of the early exit alone at ``batch_size``, as a deployment runs it.
+
+    Unlike :func:`throughput`, which alternates its modes batch by batch (so each call finds the
+    caches full of another model), the model runs alone, pass after pass, as enas4d-profile times
+    it: ``warmup`` untimed passes, then ``repeats`` timed passes over ``images`` (M, C, H, W) in [0, 1]
+    in batches of ``batch_size`` (the last partial batch is dropped); the median pass counts.
+
+    Returns ``{"batch_size", "images", "repeats", "seconds"`` (median pass, seconds per image),
+    ``"per_pass"`` (seconds per image of every timed pass), ``"exit_rates"`` (fraction of the timed
+    images leaving at each exit)}.
+    """
+    n = (images.shape[0] // batch_size) * batch_size
+    if n == 0:
+        raise ValueError(f"latency: {images.shape[0]} images are fewer than batch_size={batch_size}")
+    batches = [images[i:i + batch_size] for i in range(0, n, batch_size)]
+    exits = torch.cat([predict(b, None)[1] for b in batches])  # also the first warm-up pass
+    for _ in range(warmup - 1):
+        for b in batches:
+            predict(b, None)
+    per_pass = []
+    for _ in range(repeats):
+        spent = 0.0
+        for b in batches:
+            t0 = clock()
+            predict(b, None)
+            spent += clock() - t0
+        per_pass.append(spent / n)
+    return {"batch_size": batch_size, "images": n, "repeats": repeats, "seconds": statistics.median(per_pass),
+            "per_pass": per_pass, "exit_rates": (torch.bincount(exits, minlength=num_exits).double() / n).tolist()}

@@ -60,7 +60,7 @@ from enas4d.utils.seed import make_generator
 __all__ = ["PROFILE_FORMAT", "PROFILE_VERSION", "BODY_FEATURES", "HEAD_FEATURES", "CLOCKS", "RUNTIMES",
            "NS_PER_SECOND", "LatencyError", "ProfileSettings", "StageFeatures", "LatencyModel", "DeviceProfile",
            "LatencyCosts", "supernet_fingerprint", "stage_features", "fit_latency", "profile_supernet",
-           "predicted_vs_measured"]
+           "predicted_vs_measured", "timer"]
 
 PROFILE_FORMAT = "enas4d-device-profile"
 PROFILE_VERSION = 1
@@ -379,7 +379,7 @@ def machine_info() -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def _clock(name: str, threads: int) -> Callable[[], float]:
+def timer(name: str, threads: int | None) -> Callable[[], float]:
     """The timer of ``clock=``: wall time, or CPU time of this thread (1 thread) or process."""
     if name == "wall":
         return time.perf_counter
@@ -410,7 +410,7 @@ def time_exits(run: Callable[[Tensor, Tensor], Any], num_exits: int, inputs: Map
     ``repeats`` times in an order that rotates between repeats (drifts of the machine fall on all
     alike); a sample repeats the call until ``min_time`` has passed and divides.
     """
-    clock = _clock(st.clock, st.threads)
+    clock = timer(st.clock, st.threads)
     thr = [forced_thresholds(num_exits, e) for e in range(num_exits)]
     out: dict[int, list[float]] = {}
     for b in sorted(inputs):

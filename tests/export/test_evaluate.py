@@ -141,3 +141,23 @@ def test_data_outside_0_1_is_a_clear_error(exported, tmp_path, monkeypatch, back
     cfg = compose_cfg("evaluate", f"model={exported}", f"backend={backend}", f"out={tmp_path / 'm.json'}", *FAST)
     with pytest.raises(ExportError, match=r"data: 'digits' does not give images in \[0, 1\].*pass x / 255"):
         evaluate(cfg, quiet())
+
+
+def test_latency_times_the_model_alone_pass_by_pass():
+    import itertools
+
+    import torch
+
+    from enas4d.export.metrics import latency
+
+    calls = []
+
+    def predict(x, thr):
+        calls.append(x.shape[0])
+        return torch.zeros(x.shape[0], 10), torch.arange(x.shape[0]) % 2  # exits 0, 1, 0, 1, ...
+
+    ticks = itertools.count()
+    got = latency(predict, torch.rand(10, 3, 4, 4), 4, 2, repeats=3, warmup=2, clock=lambda: float(next(ticks)))
+    assert calls == [4, 4] * 5  # the partial batch dropped; 2 warm-up passes, 3 timed, nothing else
+    assert got["images"] == 8 and got["per_pass"] == [2 / 8] * 3 and got["seconds"] == 2 / 8  # 1 tick per batch
+    assert got["exit_rates"] == [0.5, 0.5] and got["batch_size"] == 4 and got["repeats"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from rich.console import Console
 
 from enas4d.checkpoint import load_supernet
+from enas4d.export.evaluate import evaluate
 from enas4d.profile import CONF_DIR, main as profile_main, profile
 from enas4d.search.budget import BudgetError, parse_budget
 from enas4d.search.calibrate import exit_costs
@@ -231,7 +233,10 @@ def test_profile_help_names_the_app_and_shows_its_options():
     assert "Examples:" in proc.stdout and "== Config ==" in proc.stdout and "task_name: profile" in proc.stdout
 
 
-# ------------------------------------------------------------------ export of a latency search
+# ------------------------------------------------------- export and evaluate of a latency search
+EVAL_FAST = ["batch_sizes=[1,4]", "timing_images=8", "repeats=1", "threads=1", "reference=false"]
+
+
 @pytest.fixture(scope="module")
 def latency_export(device_profile, tiny_ckpt, tmp_path_factory) -> tuple[Path, dict]:
     """A latency-budget search of the tiny checkpoint (search settings of ``make_cfg``), exported
@@ -252,6 +257,12 @@ def latency_export(device_profile, tiny_ckpt, tmp_path_factory) -> tuple[Path, d
     out = root / "export"
     export(compose_cfg("export", f"result={root / 'search' / 'result.json'}", f"out={out}", "onnx=false"), quiet())
     return out, res
+
+
+def evaluate_cfg(model: Path, out: Path, *overrides: str):
+    from ..export.helpers import compose_cfg
+
+    return compose_cfg("evaluate", f"model={model}", f"out={out}", *EVAL_FAST, *overrides)
 
 
 def test_export_of_a_latency_search_records_its_prediction(latency_export, device_profile):
@@ -278,3 +289,85 @@ def test_export_refuses_a_malformed_latency_block(latency_export):
         latency_info({**res, "latency": {**res["latency"], "expected": -1.0}}, 2, "r.json")
     with pytest.raises(ExportError, match=r"^result: latency.exit_latency=.* allowed values: 3 cumulative"):
         latency_info(res, 3)
+
+
+def test_evaluate_reports_predicted_and_measured_latency(latency_export, device_profile, tmp_path):
+    out, res = latency_export
+    console = Console(file=io.StringIO(), width=400)
+    m = evaluate(evaluate_cfg(out, tmp_path / "m.json"), console)
+    assert json.loads((tmp_path / "m.json").read_text()) == m
+    lat = m["latency"]
+    assert lat["batch_size"] == 8 and set(m["throughput"]) == {"1", "4"}  # the batch sizes asked for, unchanged
+    assert lat["predicted"] > 0 and lat["measured"] > 0
+    assert lat["ratio"] == pytest.approx(lat["measured"] / lat["predicted"])
+    assert len(lat["per_pass"]) == lat["repeats"] == 1 and lat["measured"] == lat["per_pass"][0]
+    assert lat["images"] == 8 and lat["clock"] == "wall"
+    assert lat["predicted"] == pytest.approx(sum(r * t for r, t in zip(lat["exit_rates"], lat["exit_latency"])))
+    assert lat["exit_latency"] == pytest.approx(res["latency"]["exit_latency"], abs=3e-9)
+    assert sum(lat["exit_rates"]) == pytest.approx(1.0) and lat["predicted_by"] == "device_profile"
+    assert lat["device_profile"] == str(device_profile.resolve()) and lat["same_machine"]
+    assert lat["search_predicted"] == res["expected_latency"] and lat["budget"] == res["budget"]
+    assert lat["measured_vs_budget"] == pytest.approx(lat["measured"] / res["budget"])
+    text = console.file.getvalue()
+    assert "latency at batch 8 (the batch size of the export's prediction" in text and "measured / predicted = " in text and "measured / budget = " in text
+
+
+def test_evaluate_without_a_profile_changes_nothing_and_takes_device_profile(latency_export, device_profile, tmp_path):
+    out, _ = latency_export
+    shutil.copytree(out, tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "subnet.json").read_text())
+    meta["latency"] = None  # as a MAC-budget search without a device profile exports it
+    (tmp_path / "export" / "subnet.json").write_text(json.dumps(meta))
+    plain = evaluate(evaluate_cfg(tmp_path / "export", tmp_path / "a.json"), quiet())
+    assert plain["latency"] is None and set(plain["throughput"]) == {"1", "4"}
+    given = evaluate(evaluate_cfg(tmp_path / "export", tmp_path / "b.json", f"device_profile={device_profile}",
+                                  "latency_batch_size=1"), quiet())
+    lat = given["latency"]
+    assert lat["batch_size"] == 1 and lat["batch_from"] == "latency_batch_size" and lat["images"] == 8
+    assert lat["ratio"] == pytest.approx(lat["measured"] / lat["predicted"]) and lat["predicted"] > 0
+    assert lat["search_predicted"] is None and lat["budget"] is None and lat["measured_vs_budget"] is None
+
+
+def test_evaluate_predicts_from_the_export_when_its_profile_is_gone(latency_export, tmp_path):
+    out, res = latency_export
+    shutil.copytree(out, tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "subnet.json").read_text())
+    meta["latency"]["device_profile"] = str(tmp_path / "moved.json")
+    (tmp_path / "export" / "subnet.json").write_text(json.dumps(meta))
+    lat = evaluate(evaluate_cfg(tmp_path / "export", tmp_path / "m.json"), quiet())["latency"]
+    assert lat["predicted_by"] == "export" and lat["batch_size"] == 8
+    assert lat["exit_latency"] == res["latency"]["exit_latency"]
+    assert lat["predicted"] == pytest.approx(sum(r * t for r, t in zip(lat["exit_rates"], lat["exit_latency"])))
+    assert lat["ratio"] == pytest.approx(lat["measured"] / lat["predicted"])
+
+
+def run_evaluate_main(tmp_path: Path, monkeypatch, capsys, *args: str) -> str:
+    """enas4d-evaluate's entry point in this process; asserts exit 2, one stderr line and no metrics.json."""
+    from enas4d.export.evaluate import main
+
+    monkeypatch.setattr(sys, "argv", ["enas4d-evaluate", *args, f"out={tmp_path / 'm.json'}", *EVAL_FAST,
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    assert e.value.code == 2, out.err
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.err + out.out, out.err
+    assert not (tmp_path / "m.json").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, start", [
+    (["device_profile={other}"], "device_profile: {other} was measured for supernet"),
+    (["device_profile={tmp}/none.json"], "device_profile: no device profile at"),
+    (["latency_batch_size=3"], "latency_batch_size: 3 was not profiled"),
+])
+def test_evaluate_bad_latency_input_is_one_line(latency_export, device_profile, tmp_path, monkeypatch, capsys,
+                                                args, start):
+    other = json.loads(device_profile.read_text())
+    other["supernet"]["fingerprint"] = "0" * 16  # a profile of another supernet architecture
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    fmt = dict(other=tmp_path / "other.json", tmp=tmp_path)
+    line = run_evaluate_main(tmp_path, monkeypatch, capsys, f"model={latency_export[0]}",
+                             *[a.format(**fmt) for a in args])
+    assert line.startswith(f"enas4d-evaluate: error: {start.format(**fmt)}"), line
