@@ -498,6 +498,7 @@ class GraphSupernet(ActiveSubnet):
         """A standalone network of real shapes computing subnet ``s`` (eval-mode statistics): stage k
         computes only its own slices, reading the taps earlier stages left (no recomputation)."""
         self.space.validate(s)
+        self.check_bn(s, action="extract")
         lay, A = self._lay, self._active(s)
         a_out = A(lay.space_of[lay.out])
 
