@@ -123,28 +123,32 @@ class MSBlock(nn.Module):
         return layers
 
     def stage_ops(self, cfg: BlockCfg, k: int, in_pos: int, hid_pos: int,
-                  prev_hid: int, prev_out: int) -> tuple[nn.Module | None, nn.Module]:
+                  prev_hid: int, prev_out: int, own_only: bool = False) -> tuple[nn.Module | None, nn.Module]:
         """Static ops of slice k: (op for the hidden tap or None if inactive, op for the out tap).
 
         ``in_pos``/``hid_pos``: positions of this block's input and hidden taps in stage k's list;
         ``prev_hid``/``prev_out``: positions of those taps in the earlier stages' list (-1: none).
+        ``own_only``: stage k's taps hold its own slice only (it reads no earlier slice).
         """
         if not cfg.active[k]:
             return None, st.PassOp(in_pos, prev_out, cfg.in_chs[k])
         layers = self.stage_layers(cfg, k)
         shapes = self._conv_shapes(cfg)
-        hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid,
-                       self.convs[0].read_offset(k, shapes[0][0]))
+
+        def offset(conv: MSConv2d, in_w: tuple[int, ...]) -> int:
+            return 0 if own_only else conv.read_offset(k, in_w)
+
+        hid = st.SeqOp(nn.Sequential(*layers[:-1]), in_pos, prev_hid, offset(self.convs[0], shapes[0][0]))
         shortcut: nn.Module = nn.Identity()
         res_pos, res_width, res_off = -1, 0, 0
         if self.sc_conv is not None:
             conv = self.sc_conv.stage_conv(k, cfg.in_chs, cfg.out_chs, 1)
             shortcut = st.ConvBNAct(conv, self.sc_bn.stage_bn(k, cfg.out_chs), nn.Identity())
-            res_pos, res_off = in_pos, self.sc_conv.read_offset(k, cfg.in_chs)
+            res_pos, res_off = in_pos, offset(self.sc_conv, cfg.in_chs)
         elif self.identity_residual:
             res_pos, res_width = in_pos, cfg.in_chs[k]
         out = st.ResidualOp(layers[-1], hid_pos, prev_out, res_pos, res_width, shortcut,
-                            type(self.out_act)(), self.convs[-1].read_offset(k, shapes[-1][0]), res_off)
+                            type(self.out_act)(), offset(self.convs[-1], shapes[-1][0]), res_off)
         return hid, out
 
 

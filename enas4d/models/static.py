@@ -151,6 +151,22 @@ class PassOp(TapOp):
         return join(prev, self.prev_pos, cur[self.src_pos][:, -self.width:])
 
 
+class JoinOp(TapOp):
+    """The head's input of a stage whose taps hold its own slices only: [earlier slices | cur[src]]."""
+
+    def __init__(self, src_pos: int, prev_pos: int):
+        super().__init__(prev_pos)
+        self.src_pos = src_pos
+
+    def cur_reads(self) -> List[int]:
+        """Reads its source tap."""
+        return [self.src_pos]
+
+    def forward(self, img: Tensor, prev: List[Tensor], cur: List[Tensor]) -> Tensor:
+        """New tap = [earlier slices | cur[src]]."""
+        return join(prev, self.prev_pos, cur[self.src_pos])
+
+
 class KeepOp(TapOp):
     """A tap this stage does not extend but a later stage reads: handed on unchanged."""
 

@@ -408,6 +408,12 @@ class MultiStageSupernet(ActiveSubnet):
             ops: list[nn.Module] = []
             pos: dict[int, int] = {}  # global tap id -> position in this stage's list
             prev_pos = {t: i for i, t in enumerate(present)}
+            # A last stage that reads no earlier slice (reads_from) keeps its own slices only and
+            # joins the earlier ones once, for its head: no copy of them before every layer.
+            own_only = k == K - 1 and k > 0 and (self.spec.reads_from or (0,) * K)[k] == k
+            joined_prev = prev_pos
+            if own_only:
+                prev_pos = {}
 
             def place(tap: int, op: nn.Module | None) -> None:
                 if op is None:
@@ -427,10 +433,12 @@ class MultiStageSupernet(ActiveSubnet):
                     continue  # nobody runs this block: its input tap is its output
                 # When slice k runs the block, its hidden op is placed next: at len(ops).
                 hid, out = blk.stage_ops(cfg, k, pos[in_tap], len(ops),
-                                         prev_pos.get(hid_tap, -1), prev_pos.get(out_tap, -1))
+                                         prev_pos.get(hid_tap, -1), prev_pos.get(out_tap, -1), own_only)
                 place(hid_tap, hid)
                 place(out_tap, out)
                 in_tap = out_tap
+            if own_only:  # the head reads [earlier slices | own slice] of the last feature map
+                ops.append(st.JoinOp(pos[in_tap], joined_prev.get(in_tap, -1)))
             head = self.heads[k].extract(last) if s.exits[k] else st.NoHead()
             stages.append(st.StaticStage(ops, head, bool(s.exits[k])))
             present = list(pos)

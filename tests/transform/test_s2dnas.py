@@ -166,3 +166,23 @@ def test_grow_bad_input_is_one_clear_error():
         from_static(static, num_stages=2, grow=(0.3,))
     with pytest.raises(TransformError, match="num_stages=1 not allowed with grow"):
         from_static(static, num_stages=1, grow=())
+
+
+def test_grow_export_scripts_and_its_last_stage_copies_no_earlier_slice():
+    from enas4d.export import jit
+    from enas4d.models import static as st
+
+    static = _static("resnet20_static")
+    net = from_static(static, num_stages=3, grow=(0.5, 0.25), depths=(1, 3)).eval()
+    net.bn_check = False  # the static statistics (last stage) and fresh ones, used as they are on purpose
+    s = net.space.largest()
+    model = net.extract(s)
+    last = model.stages[-1]
+    # Its layers read its own taps (no join before them); one JoinOp builds the head's input.
+    assert [type(op) for op in last.ops].count(st.JoinOp) == 1 and isinstance(last.ops[-1], st.JoinOp)
+    assert all(op.prev_pos < 0 for op in last.ops[:-1])
+    x = torch.rand(3, 3, 32, 32)
+    scripted = jit.roundtrip(model)
+    with torch.no_grad():
+        for a, b in zip(net(x), scripted(x)):
+            assert (a - b).abs().max().item() <= 1e-5
