@@ -185,9 +185,11 @@ class Reference:
 
 
 def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int, backend: str,
-                    threads: int | None = None) -> Reference:
+                    threads: int | None = None, device: torch.device | str = "cpu",
+                    providers: Sequence[Any] | None = None) -> Reference:
     """The plain network of ``spec`` (random weights) on ``backend``: TorchScript (scripted and
-    reloaded, as model.ts) or onnxruntime (one graph, like the export's ONNX stages)."""
+    reloaded, as model.ts) on ``device``, or onnxruntime (one graph, like the export's ONNX stages)
+    with ``providers`` (default: the CPU). Its ``run`` takes CPU images, as the export's predict does."""
     from enas4d.export import jit  # local: keeps the module light for the benchmarks that only build
 
     net = plain_for(spec, num_classes, in_chans)
@@ -195,8 +197,8 @@ def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int,
     macs = count_macs(net, in_chans, side)
     name = f"plain {family} (largest shape, {min(spec.kernels)}x{min(spec.kernels)} kernels, {side}x{side})"
     if backend == "torchscript":
-        scripted = jit.roundtrip(net)
-        return Reference(name, macs, lambda x: scripted(x))
+        scripted = jit.roundtrip(net).to(device)
+        return Reference(name, macs, lambda x: scripted(x.to(device)).cpu())  # no-ops on the CPU
     if backend != "onnx":
         raise ValueError(f"backend: {backend!r} not allowed; allowed values: ['onnx', 'torchscript']")
     import onnxruntime as ort
@@ -211,5 +213,5 @@ def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int,
         x = torch.rand(2, in_chans, side + 3, side + 3)  # another side: the graph keeps its Resize
         export_graph(net, (x,), path, ["x"], ["logits"], {"x": {0: "batch", 2: "height", 3: "width"},
                                                            "logits": {0: "batch"}}, 17)
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))
     return Reference(name, macs, lambda x: sess.run(None, {"x": x.numpy()}))

@@ -40,6 +40,7 @@ from enas4d.checkpoint import CheckpointMeta
 from enas4d.export import jit
 from enas4d.export.baseline import Reference, family_spec, plain_reference
 from enas4d.utils.cli import CONF_DIR, one_line_errors, positive_int
+from enas4d.utils.device import resolve_device
 from enas4d.export.exporter import ExportError, read_export
 from enas4d.export.metrics import EmptyDatasetError, Predict, exit_report, throughput, to_unit
 from enas4d.export.metrics import latency as measure_latency
@@ -49,15 +50,36 @@ from enas4d.search.latency import CLOCKS, DeviceProfile, LatencyError, predicted
 from enas4d.utils.files import write_json
 from enas4d.utils import rebatch
 
-__all__ = ["CONF_DIR", "BACKENDS", "load_model", "evaluate", "main"]
+__all__ = ["CONF_DIR", "BACKENDS", "load_model", "onnx_providers", "evaluate", "main"]
 
 BACKENDS = ("torchscript", "onnx")
 
 
-def load_model(model_dir: str | os.PathLike, backend: str,
-               threads: int | None = None) -> tuple[dict[str, Any], Predict]:
-    """``subnet.json``'s content and a ``predict(x, thresholds) -> (logits, exit_index)`` for a backend."""
+def onnx_providers(device: torch.device) -> list[Any]:
+    """The onnxruntime execution providers that run the ONNX backend on ``device``: the CPU one, or
+    for a CUDA device onnxruntime's CUDA provider (the onnxruntime-gpu package; ExportError where
+    this onnxruntime has none)."""
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise ExportError(f"device: {str(device)!r} with backend=onnx needs onnxruntime's CUDAExecutionProvider "
+                          f"(the onnxruntime-gpu package), which this onnxruntime lacks (it has {available}); "
+                          "allowed values here: device=cpu, or backend=torchscript")
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+
+
+def load_model(model_dir: str | os.PathLike, backend: str, threads: int | None = None,
+               device: torch.device | str = "cpu") -> tuple[dict[str, Any], Predict]:
+    """``subnet.json``'s content and a ``predict(x, thresholds) -> (logits, exit_index)`` for a backend.
+
+    The model runs on ``device`` (TorchScript: loaded there; ONNX: see :func:`onnx_providers`);
+    ``predict`` takes and returns CPU tensors, so on CUDA its time includes the copies.
+    """
     model_dir = os.fspath(model_dir)
+    device = torch.device(device)
     if backend not in BACKENDS:
         raise ExportError(f"backend: {backend!r} not allowed; allowed values: {list(BACKENDS)}")
     meta = read_export(model_dir)
@@ -73,23 +95,29 @@ def load_model(model_dir: str | os.PathLike, backend: str,
         if not os.path.isfile(path):
             raise ExportError(f"model: {path!r} is missing (incomplete export? export again)")
         try:
-            module = jit.load(path)
+            module = jit.load(path, map_location=device)
         except (RuntimeError, OSError, ValueError) as e:  # torch.jit's errors on a damaged archive
             raise ExportError(f"model: {path!r} cannot be loaded (damaged or truncated? export again): "
                               f"{_first_line(e)}") from e
 
         def predict(x: Tensor, thr: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-            return module(x) if thr is None else module(x, thr)
+            x = x.to(device)  # no-ops on the CPU
+            logits, ex = module(x) if thr is None else module(x, thr)
+            return logits.cpu(), ex.cpu()
 
         return meta, predict
     if "onnx" not in files:
         raise ExportError(f"backend: {model_dir!r} was exported without ONNX graphs (onnx=false)")
     from enas4d.export.onnx_runner import OnnxEarlyExit
 
+    providers = onnx_providers(device)
     try:
-        runner = OnnxEarlyExit(model_dir, threads=threads)
+        runner = OnnxEarlyExit(model_dir, providers=providers, threads=threads)
     except (OSError, ValueError, KeyError, TypeError) as e:  # the runner names the damaged file
         raise ExportError(f"model: {_first_line(e)}") from e
+    if device.type == "cuda" and "CUDAExecutionProvider" not in runner.preprocess.get_providers():
+        raise ExportError(f"device: {str(device)!r}: onnxruntime could not start its CUDA provider (it fell back "
+                          f"to {runner.preprocess.get_providers()}); use device=cpu")
 
     def predict_onnx(x: Tensor, thr: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         logits, ex = runner(x.numpy(), None if thr is None else thr.numpy())
@@ -104,15 +132,18 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def reference_for(meta: dict[str, Any], backend: str, threads: int | None) -> Reference | None:
-    """The plain static network of the export's family on ``backend``; None when there is none to
-    build (a network transformed from a torchvision/timm graph)."""
+def reference_for(meta: dict[str, Any], backend: str, threads: int | None,
+                  device: torch.device | str = "cpu") -> Reference | None:
+    """The plain static network of the export's family on ``backend`` and ``device`` (as the export
+    runs there); None when there is none to build (a network transformed from a torchvision/timm graph)."""
     supernet = meta.get("supernet") if isinstance(meta.get("supernet"), dict) else {}
     spec = family_spec(supernet)
     if spec is None:
         return None
+    device = torch.device(device)
     return plain_reference(spec, str(supernet.get("name")), int(meta["num_classes"]), int(meta.get("in_chans", 3)),
-                           backend, threads)
+                           backend, threads, device=device,
+                           providers=onnx_providers(device) if backend == "onnx" else None)
 
 
 def reference_table(rows: list[dict[str, Any]], ref: Reference) -> Table:
@@ -276,6 +307,23 @@ def _print_latency(out: dict[str, Any], console: Console) -> None:
                       f"with the {out['clock']} clock (pass clock={out['profile_clock']})")
 
 
+def _device(cfg: DictConfig, console: Console) -> torch.device:
+    """The device of ``device=`` (enas4d-search's values and checks). With backend=onnx, ``auto`` is the
+    CPU unless onnxruntime has its CUDA provider; an explicit ``cuda`` without it is an ExportError."""
+    asked = cfg.get("device", "cpu")
+    device = resolve_device(asked, ExportError)
+    if device.type == "cuda" and cfg.backend == "onnx":
+        try:
+            onnx_providers(device)
+        except ExportError:
+            if str(asked).strip().lower() != "auto":
+                raise
+            console.print("evaluate: device=auto: onnxruntime has no CUDA provider here; the onnx backend runs on "
+                          "the CPU")
+            return torch.device("cpu")
+    return device
+
+
 def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     """Evaluate the export folder ``cfg.model``; returns (and writes to ``cfg.out``) the metrics."""
     console = console or Console()
@@ -287,9 +335,10 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     threads = None if cfg.threads is None else positive_int(cfg, "threads", ExportError)
     if cfg.clock not in CLOCKS:
         raise ExportError(f"clock: {cfg.clock!r} not allowed; allowed values: {list(CLOCKS)}")
+    device = _device(cfg, console)
     if threads is not None:
         torch.set_num_threads(threads)
-    meta, predict = load_model(str(cfg.model), str(cfg.backend), threads)
+    meta, predict = load_model(str(cfg.model), str(cfg.backend), threads, device)
     lat = _latency_setup(cfg, meta, console)
     dm = _datamodule(cfg, meta)
     exit_macs = meta["exit_macs"]
@@ -318,7 +367,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
             raise
         raise ExportError(f"data: {dm.name!r} does not give images in [0, 1] once its normalisation is undone "
                           f"(other mean/std than the model's?): {lines[-1]}") from e
-    ref = reference_for(meta, str(cfg.backend), threads) if cfg.reference else None
+    ref = reference_for(meta, str(cfg.backend), threads, device) if cfg.reference else None
     clock = timer(str(cfg.clock), threads)
     rows = []
 
@@ -340,6 +389,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
     metrics = {
         "model": os.path.abspath(str(cfg.model)),
         "backend": str(cfg.backend),
+        "device": str(device),
         "data": {"name": dm.name, "split": "validation", "num_images": report["num_images"]},
         "accuracy": report["accuracy"],
         "avg_macs": report["avg_macs"],
@@ -364,7 +414,8 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
                     "torch": torch.__version__},
     }
     console.print(exit_table(meta, report, title=f"{meta['supernet']['name']} early exit on {dm.name} "
-                                                  f"validation ({report['num_images']} images, {cfg.backend})"))
+                                                  f"validation ({report['num_images']} images, {cfg.backend}, "
+                                                  f"{device})"))
     console.print(throughput_table(rows, target))
     ratios = ", ".join(f"batch {r['batch_size']}: {r['ratio']:.2f}" for r in rows)
     console.print(f"evaluate: {'wall-clock' if cfg.clock == 'wall' else 'CPU-time'} speed-up / MACs reduction = "

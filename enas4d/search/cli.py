@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,13 @@ from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
 from enas4d.utils.cli import CONF_DIR, one_line_errors
+from enas4d.utils.device import resolve_device
 from enas4d.utils.files import write_json
 from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
 from enas4d.nn.bn import CalibrationSet
 from enas4d.utils import rebatch
 
-__all__ = ["CONF_DIR", "DynamicProblem", "StaticProblem", "build_datamodule", "resolve_device",
-           "search", "main"]
+__all__ = ["CONF_DIR", "DynamicProblem", "StaticProblem", "build_datamodule", "search", "main"]
 
 
 
@@ -65,7 +64,6 @@ _INT_FIELDS: dict[str, tuple[int | None, bool]] = {
 _FLOAT_FIELDS = ("parents", "mutation_prob", "crossover_prob", "predictor.lr", "predictor.holdout", "controller.lr",
                  "controller.entropy_weight", "controller.baseline_decay", "controller.cost_exponent")
 _BOOL_FIELDS = ("seed_largest", "progress", "predictor.enabled")
-DEVICES = "auto, cpu, cuda, cuda:N"
 # Per-stage costs of an architecture, (body, heads) in the budget's integer unit (MACs or nanoseconds).
 StageCosts = Callable[[Subnet], tuple[list[int], list[int]]]
 
@@ -183,26 +181,7 @@ def _check_inputs(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, name)
         if not isinstance(value, bool):
             raise SearchError(f"{name}: {value!r} is not a boolean; allowed values: true, false")
-    resolve_device(cfg.device)
-
-
-def resolve_device(text: object) -> torch.device:
-    """The device of ``device=``: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
-    name = text.strip().lower() if isinstance(text, str) else ""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", name)
-    if m is None:
-        raise SearchError(f"device: {text!r} not allowed; allowed values: {DEVICES}")
-    if not torch.cuda.is_available():
-        raise SearchError(f"device: {text!r} needs CUDA, which torch cannot use here; "
-                          "allowed values on this machine: auto, cpu")
-    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-        raise SearchError(f"device: {text!r} does not exist; allowed values: cuda:0 to "
-                          f"cuda:{torch.cuda.device_count() - 1}, cuda, cpu, auto")
-    return torch.device(name)
+    resolve_device(cfg.device, SearchError)
 
 
 @dataclass
@@ -309,7 +288,7 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     if budget_spec.latency and cfg.device_profile is None:  # before the (slow) checkpoint load
         raise LatencyError(_NO_PROFILE.format(budget=cfg.budget))
     _check_config(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, SearchError)
     net, meta = load_supernet(cfg.ckpt)
     ckpt_sha = file_digest(cfg.ckpt)
     profile, latency = _open_profile(cfg, budget_spec, net, meta)

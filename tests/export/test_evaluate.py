@@ -161,3 +161,94 @@ def test_latency_times_the_model_alone_pass_by_pass():
     assert calls == [4, 4] * 5  # the partial batch dropped; 2 warm-up passes, 3 timed, nothing else
     assert got["images"] == 8 and got["per_pass"] == [2 / 8] * 3 and got["seconds"] == 2 / 8  # 1 tick per batch
     assert got["exit_rates"] == [0.5, 0.5] and got["batch_size"] == 4 and got["repeats"] == 3
+
+
+# ----------------------------------------------------------------------------- device= (issue 11)
+DEVICE_ERRORS = [  # (device=, words of the one-line ExportError): enas4d-search's values and messages
+    ("tpu", r"device: 'tpu' not allowed; allowed values: auto, cpu, cuda, cuda:N"),
+    ("3", r"device: 3 not allowed; allowed values: auto, cpu, cuda, cuda:N"),
+    ("cuda:x", r"device: 'cuda:x' not allowed"),
+]
+
+
+@pytest.mark.parametrize("device,words", DEVICE_ERRORS, ids=[d[0] for d in DEVICE_ERRORS])
+def test_bad_device_is_a_clear_error_before_anything_runs(exported, tmp_path, device, words):
+    cfg = compose_cfg("evaluate", f"model={exported}", f"device={device}", f"out={tmp_path / 'm.json'}", *FAST)
+    with pytest.raises(ExportError, match=words):
+        evaluate(cfg, quiet())
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cuda_without_cuda_is_a_clear_error(exported, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = compose_cfg("evaluate", f"model={exported}", "device=cuda", f"out={tmp_path / 'm.json'}", *FAST)
+    with pytest.raises(ExportError, match="device: 'cuda' needs CUDA, which torch cannot use here"):
+        evaluate(cfg, quiet())
+
+
+def test_bad_device_on_the_command_line_is_one_line_and_exit_2(exported, tmp_path):
+    cmd = [sys.executable, "-m", "enas4d.export.evaluate", f"model={exported}", "device=gpu",
+           f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONF_DIR.parent)})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("enas4d-evaluate: error: device: 'gpu' not allowed; "
+                                                    "allowed values: auto, cpu, cuda, cuda:N")
+
+
+def test_evaluate_runs_on_the_device_it_is_given(exported, tmp_path):
+    """device=auto is CUDA where torch has it (the model.ts and the plain reference run there, the
+    results come back to the CPU), else the CPU; the metrics say which, and agree with device=cpu."""
+    import torch
+
+    cpu = evaluate(compose_cfg("evaluate", f"model={exported}", "device=cpu", f"out={tmp_path / 'c.json'}",
+                               *FAST), quiet())
+    auto = evaluate(compose_cfg("evaluate", f"model={exported}", "device=auto", f"out={tmp_path / 'a.json'}",
+                                *FAST), quiet())
+    assert cpu["device"] == "cpu"
+    assert auto["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert json.loads((tmp_path / "a.json").read_text())["device"] == auto["device"]
+    n = cpu["data"]["num_images"]
+    assert auto["data"]["num_images"] == n
+    # Other kernels may round a confidence on a threshold the other way: at most an image or two.
+    assert abs(auto["accuracy"] - cpu["accuracy"]) <= 2 / n
+    assert sum(abs(a - c) for a, c in zip(auto["exit_histogram"], cpu["exit_histogram"])) <= 4
+    assert auto["throughput"]["4"]["reference_ips"] > 0
+
+
+def test_onnx_runs_on_cuda_only_with_onnxruntimes_cuda_provider(monkeypatch):
+    """The onnxruntime runner stays on the CPU unless onnxruntime has its CUDA provider: device=cuda
+    without it is a clear error, device=auto falls back to the CPU (and says so)."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    import enas4d.export.evaluate as ev
+
+    assert ev.onnx_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ExportError, match=r"device: 'cuda:1' with backend=onnx needs onnxruntime's "
+                                          r"CUDAExecutionProvider \(the onnxruntime-gpu package\)"):
+        ev.onnx_providers(torch.device("cuda", 1))
+    # Pretend torch has two GPUs, so that the resolver accepts cuda and auto picks it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    auto = OmegaConf.create({"device": "auto", "backend": "onnx"})
+    assert ev._device(auto, console) == torch.device("cpu")
+    assert "onnxruntime has no CUDA provider here; the onnx backend runs on the CPU" in out.getvalue()
+    with pytest.raises(ExportError, match="device: 'cuda' with backend=onnx needs"):
+        ev._device(OmegaConf.create({"device": "cuda", "backend": "onnx"}), console)
+    assert ev._device(OmegaConf.create({"device": "cuda", "backend": "torchscript"}), console) == torch.device("cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ev.onnx_providers(torch.device("cuda", 1)) == [("CUDAExecutionProvider", {"device_id": 1}),
+                                                          "CPUExecutionProvider"]
+    assert ev._device(auto, console) == torch.device("cuda")

@@ -13,7 +13,8 @@ from rich.console import Console
 
 import enas4d
 from enas4d.search.budget import BudgetError
-from enas4d.search.cli import resolve_device, search
+from enas4d.search.cli import search
+from enas4d.utils.device import resolve_device
 from enas4d.search.evaluator import CandidateEvaluator, SearchError
 from enas4d.nn.bn import CalibrationSet
 
@@ -89,18 +90,19 @@ def test_missing_budget_in_process(make_cfg, tmp_path):
 
 
 def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(" CPU ") == torch.device("cpu")
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The one resolver (enas4d.utils.device), with the search's error type."""
+    assert resolve_device("cpu", SearchError) == torch.device("cpu")
+    assert resolve_device(" CPU ", SearchError) == torch.device("cpu")
+    assert resolve_device("auto", SearchError) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for bad in ("tpu", "cuda:x", "", 3, None):
         with pytest.raises(SearchError, match="device: .* not allowed; allowed values: auto, cpu, cuda, cuda:N"):
-            resolve_device(bad)
+            resolve_device(bad, SearchError)
     if not torch.cuda.is_available():
         with pytest.raises(SearchError, match="device: 'cuda' needs CUDA"):
-            resolve_device("cuda")
+            resolve_device("cuda", SearchError)
     else:
         with pytest.raises(SearchError, match="does not exist"):
-            resolve_device(f"cuda:{torch.cuda.device_count()}")
+            resolve_device(f"cuda:{torch.cuda.device_count()}", SearchError)
 
 
 def test_evaluation_runs_on_the_network_device():
