@@ -60,3 +60,27 @@ def test_search_and_export_do_not_import_lightning():
             "print('pytorch_lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# Lightning's loop and connector objects are internal (no stable API): read only the Trainer's public
+# attributes and the hooks' arguments (issue 11).
+LIGHTNING_INTERNALS = {"fit_loop", "validate_loop", "test_loop", "predict_loop", "epoch_loop", "batch_progress",
+                       "epoch_progress", "val_loop", "automatic_optimization_loop", "_logger_connector",
+                       "_checkpoint_connector", "_accelerator_connector", "_data_connector", "_results",
+                       # LightningModule's private state (its public ``trainer`` raises when none is attached)
+                       "_trainer", "_fabric", "_jit_is_scripting", "_current_fx_name", "_metric_attributes"}
+
+
+def test_nothing_reads_lightnings_private_attributes():
+    root = PKG.parent
+    offenders = []
+    for path in [*PKG.rglob("*.py"), *(root / "tools").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+            private_of_trainer = node.attr.startswith("_") and not node.attr.startswith("__") and \
+                owner.lstrip("_") == "trainer"
+            if node.attr in LIGHTNING_INTERNALS or private_of_trainer:
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}: .{node.attr}")
+    assert offenders == []

@@ -226,6 +226,8 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         self._val: Dataset | None = None
         self._calibration_positions: dict[int, list[int]] = {}  # num_images -> positions in _train
         self._train_sampler: EpochShuffleSampler | None = None
+        # (epoch, index within it) of the last training batch augmented; see _next_train_batch_idx.
+        self._train_batch: tuple[int, int] | None = None
 
     # ----------------------------------------------------------------------------------------
     # Subclass interface
@@ -338,6 +340,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
                 f"{self.name}: train split has {len(train)} images, fewer than data.batch_size={self.batch_size}"
             )
         self._train_sampler = EpochShuffleSampler(len(train), self.seed)
+        self._train_batch = None  # a new fit (or a reloaded loader) numbers its batches afresh
         if self.trainer is not None:
             self._train_sampler.set_epoch(self.trainer.current_epoch)
         return self._loader(train, self.batch_size, self._train_sampler, drop_last=True)
@@ -393,25 +396,32 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             x = random_hflip(x, generator)
         return x
 
-    def _current_train_batch_idx(self) -> int:
-        """Index within the epoch of the batch being transferred to the device.
+    def _next_train_batch_idx(self, epoch: int) -> int:
+        """Index within ``epoch`` of the training batch being transferred to the device.
 
-        Lightning moves a batch to the device *before* advancing its batch counter, so inside
-        ``on_after_batch_transfer`` the current batch is ``epoch_loop.batch_idx + 1``.
-        tests/data/test_datamodules.py checks this against a real Trainer.
+        Counted here, from the transfers themselves (Lightning hands each training batch, in loader
+        order, once to ``on_after_batch_transfer``), so nothing reads Lightning's loop internals: the
+        count restarts at 0 in every new epoch and with every ``train_dataloader()`` (each fit). A
+        run resumed at an epoch boundary (enas4d's checkpoints) therefore numbers the batches of its
+        first epoch from 0 as the uninterrupted run did; the train order restarts there too (the
+        sampler depends on ``(seed, epoch)`` only). tests/data/test_datamodule_base.py checks the
+        indices against a real Trainer.
         """
-        assert self.trainer is not None
-        return self.trainer.fit_loop.epoch_loop.batch_idx + 1
+        last = self._train_batch
+        idx = last[1] + 1 if last is not None and last[0] == epoch else 0
+        self._train_batch = (epoch, idx)
+        return idx
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches on their device; evaluation batches pass through unchanged."""
         if self.trainer is None or not self.trainer.training:
             return batch
         x, y = batch
+        epoch = self.trainer.current_epoch
         x = self.augment_batch(
             x,
-            epoch=self.trainer.current_epoch,
-            batch_idx=self._current_train_batch_idx(),
+            epoch=epoch,
+            batch_idx=self._next_train_batch_idx(epoch),
             rank=self.trainer.global_rank,
         )
         return x, y

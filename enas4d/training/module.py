@@ -228,11 +228,20 @@ class SupernetModule(pl.LightningModule):
                           "losses": [v.detach() for v in losses]}
         return total
 
+    def _attached_trainer(self) -> "pl.Trainer | None":
+        """The Trainer this module is attached to, or None (the public ``trainer`` raises without one;
+        Lightning's private ``_trainer`` is not read)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
+
     # -------------------------------------------------------------- validation
     def calibration_set(self) -> CalibrationSet:
         """The fixed calibration subset of the training split, loaded once and cached."""
         if self._calibration is None:
-            dm = self.trainer.datamodule if self._trainer is not None else None
+            trainer = self._attached_trainer()
+            dm = trainer.datamodule if trainer is not None else None
             if dm is None or not hasattr(dm, "calibration_dataloader"):
                 raise RuntimeError("SupernetModule needs a datamodule with calibration_dataloader() "
                                    "(pass datamodule= to Trainer.fit)")
@@ -285,9 +294,10 @@ class SupernetModule(pl.LightningModule):
         """
         states = checkpoint.get("lr_schedulers") or []
         saved = schedule_length(states[0]) if states else None
-        if saved is None or self._trainer is None or self.trainer.state.fn != "fit":
+        trainer = self._attached_trainer()
+        if saved is None or trainer is None or trainer.state.fn != "fit":
             return
-        total = self.trainer.estimated_stepping_batches
+        total = trainer.estimated_stepping_batches
         if math.isfinite(total) and int(total) != saved:
             raise CheckpointError(
                 f"trainer.max_epochs/max_steps: this run would last {int(total)} optimizer steps, the checkpoint's "

@@ -75,6 +75,26 @@ def test_no_augmentation_without_a_training_trainer():
     assert dm.on_after_batch_transfer(batch, 0) is batch
 
 
+def test_augmentation_needs_only_the_trainers_public_attributes():
+    """The batch index the augmentation is seeded with is counted by the datamodule (issue 11: nothing
+    reads Lightning's private loop state such as ``fit_loop.epoch_loop.batch_idx``): a stand-in
+    trainer with only ``training``, ``current_epoch`` and ``global_rank`` is enough. The count
+    restarts in every epoch and with every train_dataloader() (a new fit)."""
+    from types import SimpleNamespace
+
+    dm = _digits()
+    loader = dm.train_dataloader()
+    batches = [b for _, b in zip(range(3), loader)]
+    dm.trainer = SimpleNamespace(training=True, current_epoch=4, global_rank=1)
+    seen = [dm.on_after_batch_transfer((x.clone(), y), 0)[0] for x, y in batches]
+    for i, (x, _) in enumerate(batches):
+        assert torch.equal(seen[i], dm.augment_batch(x, epoch=4, batch_idx=i, rank=1))
+    dm.trainer.current_epoch = 5  # a new epoch starts at 0
+    assert torch.equal(dm.on_after_batch_transfer(batches[0], 0)[0], dm.augment_batch(batches[0][0], 5, 0, 1))
+    dm.train_dataloader()  # a new fit, even in the same epoch, starts at 0
+    assert torch.equal(dm.on_after_batch_transfer(batches[1], 0)[0], dm.augment_batch(batches[1][0], 5, 0, 1))
+
+
 def test_calibration_loader_is_fixed_and_from_train_split():
     dm = _digits()
     first = [x for x, _ in dm.calibration_dataloader(num_images=100, batch_size=40)]
