@@ -22,7 +22,8 @@ the static network into K pieces, put K - 1 *new* slices in front of it, f_k tim
 static layer in every layer. The new stages read only each other (lower-triangular, as in a
 split); the last stage is the whole static network and reads only its own slice (NetSpec
 ``reads_from``: the paper's concat indicators), so its exit computes exactly the static network
-at exactly its MACs, and the cheap first stages are what fine-tuning trains. Splitting, by
+at exactly its MACs; the new stages start as the paper's split of its leading channels (when the
+fractions sum to at most 1) and are what fine-tuning trains. Splitting the static network itself, by
 contrast, removes every weight from a later slice into an earlier one and takes every exit to
 near chance, which fine-tuning must then recover (README, Results).
 """
@@ -143,15 +144,22 @@ def _fit(src: Tensor, shape: torch.Size, name: str) -> Tensor:
 
 
 @torch.no_grad()
-def _grow_weights(net: MultiStageSupernet, source: MultiStageSupernet) -> None:
-    """Write ``source`` (K = 1) into the last slice of every layer of ``net``; the new slices keep
-    their fresh initialisation, and the last slice's weights from them are zero."""
+def _grow_weights(net: MultiStageSupernet, source: MultiStageSupernet, seed_new: bool) -> None:
+    """Write ``source`` (K = 1) into the last slice of every layer of ``net`` (the last slice's
+    weights from the new slices are zero). With ``seed_new`` the new slices start as a split of the
+    source's leading (most important, once sorted) channels, as the paper's split would make them:
+    the new slices' block of every layer is the source's leading block; else they keep their fresh
+    initialisation."""
     src = dict(source.named_modules())
     for name, m in net.named_modules():
         if isinstance(m, MSConv2d):
             s = src[name]
             r0 = offsets(m.out_chs)[-1]
-            c0 = 0 if m.depthwise or len(m.in_chs) == 1 else offsets(m.in_chs)[-1]
+            single = m.depthwise or len(m.in_chs) == 1
+            c0 = 0 if single else offsets(m.in_chs)[-1]
+            if seed_new:  # rows and columns of the new slices: the source's leading ones
+                cols = s.weight.shape[1] if single else c0
+                m.weight[:r0, :cols].copy_(_fit(s.weight[:r0, :cols], m.weight[:r0, :cols].shape, name + ".weight"))
             block = m.weight[r0:]
             block.zero_()
             cols = block[:, c0:c0 + s.weight.shape[1]]
@@ -161,14 +169,23 @@ def _grow_weights(net: MultiStageSupernet, source: MultiStageSupernet) -> None:
             r0 = offsets(m.chs)[-1]
             for key in ("weight", "bias", "running_mean", "running_var"):
                 getattr(m, key)[r0:].copy_(getattr(s, key))
-    last, s_head = net.heads[-1], source.heads[0]
-    last.load_state_dict({k: v for k, v in s_head.state_dict().items()
-                          if not k.startswith(_first_name(s_head))}, strict=False)
-    first, s_first = last._first(), s_head._first()
-    first.weight.zero_()
-    first.weight[:, sum(last.in_chs[:-1]):] = s_first.weight
-    if getattr(first, "bias", None) is not None:
-        first.bias.copy_(s_first.bias)
+                if seed_new:
+                    getattr(m, key)[:r0].copy_(getattr(s, key)[:r0])
+    s_head = source.heads[0]
+    s_rest = {k: v for k, v in s_head.state_dict().items() if not k.startswith(_first_name(s_head))}
+    s_first = s_head._first()
+    for k, head in enumerate(net.heads):
+        if k < len(net.heads) - 1 and not seed_new:
+            continue
+        head.load_state_dict(s_rest, strict=False)
+        first = head._first()
+        if k == len(net.heads) - 1:  # the static head, reading the static slice (the new ones at zero)
+            first.weight.zero_()
+            first.weight[:, sum(head.in_chs[:-1]):] = s_first.weight
+        else:  # the source's columns of the channels the new slices hold
+            first.weight.copy_(s_first.weight[:, :first.weight.shape[1]])
+        if getattr(first, "bias", None) is not None:
+            first.bias.copy_(s_first.bias)
 
 
 def _first_name(head: nn.Module) -> str:
@@ -210,6 +227,8 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
         sort: order channels by importance before splitting (``sort_channels``).
         grow: None splits the static network (the paper); K - 1 width fractions grow new, cheap
             stages in front of it instead, the static network being the last stage (module docstring).
+            When the fractions sum to at most 1 the new stages start as a split of the static
+            network's leading channels; otherwise from a fresh initialisation.
         name: the result's name (kept in checkpoints); default ``"<static name>-s2dnas"``.
     """
     if static.num_stages != 1:
@@ -238,7 +257,7 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
     net = MultiStageSupernet(new_spec, static.num_classes, num_stages, static.in_chans,
                              name=name or f"{static.name}-s2dnas")
     if grow is not None:
-        _grow_weights(net, source)
+        _grow_weights(net, source, seed_new=sum(grow) <= 1)
         net.set_subnet(net.space.largest())
         return net
     src = source.state_dict()

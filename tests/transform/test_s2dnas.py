@@ -186,3 +186,15 @@ def test_grow_export_scripts_and_its_last_stage_copies_no_earlier_slice():
     with torch.no_grad():
         for a, b in zip(net(x), scripted(x)):
             assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_grow_seeds_the_new_stages_with_the_leading_static_channels():
+    static = _static("resnet20_static")
+    ordered = sort_channels(static)
+    net = from_static(static, num_stages=3, grow=(0.5, 0.25))
+    conv, s_conv = net.blocks[4].convs[0], ordered.blocks[4].convs[0]  # group 1: 32 = new 16 + 8, static 32
+    assert conv.out_chs == (16, 8, 32)
+    assert torch.equal(conv.weight[:24, :24], s_conv.weight[:24, :24])  # the split of the leading 24 channels
+    assert torch.equal(net.heads[0].classifier.weight, ordered.heads[0].classifier.weight[:, :32])  # 64 x 0.5
+    fresh = from_static(static, num_stages=3, grow=(0.75, 0.5))  # 1.25 > 1: new stages start fresh
+    assert not torch.equal(fresh.blocks[4].convs[0].weight[:20, :20], s_conv.weight[:20, :20])
