@@ -42,6 +42,12 @@ def settings(cfg: DictConfig) -> ProfileSettings:
     values: dict[str, Any] = {name: cfg[name] for name in _INTS}
     values.update(holdout=float(cfg.holdout), min_time=float(cfg.min_time), clock=str(cfg.clock),
                   runtime=str(cfg.runtime))
+    subs = cfg.get("sub_batch_sizes")
+    if subs is not None:
+        if not OmegaConf.is_list(subs):
+            raise LatencyError(f"sub_batch_sizes: {subs!r} not allowed; allowed values: a list of integers from 1 "
+                               "to batch_size - 1, [] for none, or null (batch_size/32 and batch_size/8, at least 2)")
+        values["sub_batch_sizes"] = tuple(subs)
     if cfg.quick:
         values.update(QUICK)
     return ProfileSettings(**values)
@@ -78,6 +84,12 @@ def profile(cfg: DictConfig, out: str | Path, console: Console | None = None) ->
                    f"{held['rows']} exits of {fit['held_out_archs']} architectures")
         console.print(f"profile: batch {b}: fit error {100 * fit['train']['mean_abs']:.1f}% mean on the fitted "
                       f"architectures; {err}")
+    call = data["call_fit"]
+    errs = ", ".join(f"{100 * e['mean_abs']:.1f}% at batch {m}" for m, e in call["errors"].items())
+    console.print(f"profile: per-call fit at batch {call['batch_size']} (a stage on n of its images costs a + b*n) "
+                  f"from batch sizes {call['batch_sizes']}: mean error {errs} (fitted architectures)")
+    if call["note"]:
+        console.print(f"profile: note: {call['note']}")
     console.print(f"profile: wrote {out} in {data['seconds']:.0f}s")
     return data
 

@@ -16,8 +16,10 @@ Latency: when the export carries the latency prediction of a search with a devic
 (``subnet.json``'s ``latency``), or ``device_profile=PATH`` is given, the average latency per
 image of the model alone is also measured at the prediction's (else the profile's) batch size
 (:func:`~enas4d.export.metrics.latency`) and set against the profile's prediction for the exit
-rates of the images timed (:func:`~enas4d.search.latency.predicted_vs_measured`), and against the
-search's prediction and budget: ``metrics.json``'s ``latency``.
+rates of the images timed (:func:`~enas4d.search.latency.predicted_vs_measured`: each stage a
+per-call part shared by the images of a batch reaching it plus a per-image part, by the rule of
+:func:`~enas4d.search.calibrate.expected_cost`), and against the search's prediction and budget:
+``metrics.json``'s ``latency``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from enas4d.export.metrics import EmptyDatasetError, Predict, exit_report, throu
 from enas4d.export.metrics import latency as measure_latency
 from enas4d.export.report import exit_table, throughput_table
 from enas4d.search.budget import format_macs, format_seconds
+from enas4d.search.calibrate import expected_cost
 from enas4d.search.latency import CLOCKS, DeviceProfile, LatencyError, predicted_vs_measured, timer
 from enas4d.utils.files import write_json
 from enas4d.utils import rebatch
@@ -254,9 +257,18 @@ def _latency_report(lat: _Latency, meta: dict[str, Any], timed: dict[str, Any], 
         out["predicted_by"] = "device_profile"
     else:
         assert lat.recorded is not None
-        predicted = sum(r * t for r, t in zip(rates, lat.recorded["exit_latency"]))
+        forced = list(lat.recorded["exit_latency"])
+        calls = lat.recorded.get("exit_call_latency")  # None: exported before the per-call model
+        per_image = forced if calls is None else [t - c for t, c in zip(forced, calls)]
+        predicted = expected_cost(rates, per_image, calls)
+        note = None if calls is not None else ("the export records no per-call latencies (exported before the "
+                                               "per-call model): predicted per image, as if every stage ran on "
+                                               "the whole batch")
         out = {"batch_size": lat.batch_size, "predicted": predicted, "measured": measured,
-               "ratio": measured / predicted, "exit_latency": list(lat.recorded["exit_latency"]),
+               "ratio": measured / predicted, "exit_latency": forced,
+               "exit_call_latency": None if calls is None else list(calls),
+               "call_fit": (lat.recorded.get("call_fit") or {"batch_sizes": None, "note": None}) if note is None
+               else {"batch_sizes": None, "note": note},
                "device_profile": lat.recorded.get("device_profile"),
                "device_profile_sha256": lat.recorded.get("device_profile_sha256"), "same_machine": None,
                "predicted_by": "export"}
@@ -289,6 +301,8 @@ def _print_latency(out: dict[str, Any], console: Console) -> None:
                   f"{format_seconds(out['measured'])}/image, predicted "
                   f"{format_seconds(out['predicted'])}/image by {out['device_profile']} for the exit rates measured "
                   f"({' '.join(f'{r:.2f}' for r in out['exit_rates'])}): measured / predicted = {out['ratio']:.2f}")
+    if (out.get("call_fit") or {}).get("note"):
+        console.print(f"evaluate: note: {out['call_fit']['note']}")
     if out["search_predicted"] is not None:
         budget = "" if out["budget"] is None else (f", budget {format_seconds(out['budget'])}: measured / budget = "
                                                    f"{out['measured_vs_budget']:.2f}")

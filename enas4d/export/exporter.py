@@ -184,7 +184,11 @@ def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json")
     Keys: ``budget_unit`` (``"seconds"``: a latency budget; ``"macs"``: a MAC budget with a profile),
     ``budget`` (seconds per image, None for a MAC budget), ``expected`` (predicted average seconds per
     image at the search's exit rates), ``exit_latency`` (predicted cumulative seconds per image of
-    each enabled exit), ``batch_size`` (the profile's batch size the prediction is for),
+    each enabled exit when every image of the batch leaves there), ``exit_call_latency`` (its per-call
+    part: the stages' per-call costs divided by the batch size, paid once per batch up to the deepest
+    exit taken; None from a search before the per-call model), ``call_fit`` (the profiled batch sizes
+    it was fitted from, and a note when that was a fallback), ``batch_size`` (the profile's batch size
+    the prediction is for),
     ``device_profile`` and ``device_profile_sha256`` (the profile file and its content hash), and
     the profile's ``machine``, ``torch``, ``threads``, ``clock`` and ``runtime``. ExportError
     naming the field for a malformed block.
@@ -208,6 +212,10 @@ def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json")
     exits = lat.get("exit_latency")
     if not isinstance(exits, list) or len(exits) != num_exits or not all(_positive(v) for v in exits):
         raise bad("exit_latency", f"{num_exits} cumulative seconds per image > 0, one per enabled exit")
+    calls = lat.get("exit_call_latency")
+    if calls is not None and (not isinstance(calls, list) or len(calls) != num_exits or not all(
+            (_positive(c) or c == 0) and not isinstance(c, bool) and c <= t for c, t in zip(calls, exits))):
+        raise bad("exit_call_latency", f"{num_exits} seconds per image >= 0, each at most its exit_latency, or null")
     if lat.get("budget") is not None and not _positive(lat["budget"]):
         raise bad("budget", "seconds per image > 0, or null")
     for field in ("device_profile", "device_profile_sha256"):
@@ -218,7 +226,9 @@ def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json")
         raise ExportError(f"result: budget_unit={unit!r} in {path!r} is not allowed; allowed values: "
                           "['macs', 'seconds']")
     return {"budget_unit": unit, "budget": lat.get("budget"), "expected": float(lat["expected"]),
-            "exit_latency": [float(v) for v in exits], "batch_size": b,
+            "exit_latency": [float(v) for v in exits],
+            "exit_call_latency": None if calls is None else [float(v) for v in calls],
+            "call_fit": lat.get("call_fit") if isinstance(lat.get("call_fit"), dict) else None, "batch_size": b,
             "device_profile": lat.get("device_profile"), "device_profile_sha256": lat.get("device_profile_sha256"),
             **{k: lat.get(k) for k in ("machine", "torch", "threads", "clock", "runtime")}}
 

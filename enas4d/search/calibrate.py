@@ -10,6 +10,10 @@ enabled heads (design.md section 3); its expected MACs are the mean over images.
 The cost is a parameter: every function here takes per-stage ``body`` and ``heads`` costs as
 integers in any additive unit, MACs by default, or a device profile's predicted nanoseconds per
 image for a latency budget (:mod:`enas4d.search.latency`); fields named ``*_macs`` then hold that unit.
+A latency also has a per-call part (``calls``: per-stage body and head costs paid once per batch
+that reaches the stage, given per image of the batch, i.e. divided by its size): a stage that no
+image reaches is skipped and costs nothing, so a policy pays the per-call parts of the stages up to
+the deepest exit any image takes, once per image (:func:`expected_cost`, the one rule).
 
 :func:`calibrate` finds the policy of highest validation accuracy whose expected MACs are within a
 budget (ties: the cheaper one), touching only the table, never the network.
@@ -42,7 +46,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
@@ -50,8 +54,12 @@ from torch import Tensor
 from enas4d.export.early_exit import CONFIDENCES, Confidence
 from enas4d.models.supernet import exit_costs
 
-__all__ = ["CONFIDENCES", "ExitTable", "Policy", "confidence", "exit_costs", "simulate", "calibrate", "cross_fit",
-           "tradeoff", "pareto_front", "pareto_indices", "exit_subsets", "min_cost"]
+__all__ = ["CONFIDENCES", "ExitTable", "Policy", "Calls", "confidence", "exit_costs", "forced_exit_costs",
+           "expected_cost", "simulate", "calibrate", "cross_fit", "tradeoff", "pareto_front", "pareto_indices",
+           "exit_subsets", "min_cost"]
+
+# Per-call costs of the stages, (body, heads) per image of the batch (see the module docstring).
+Calls = Tuple[Sequence[int], Sequence[int]]
 
 
 # Cap on the number of grid combinations enumerated for m >= 3 (the grid per exit shrinks to fit).
@@ -103,7 +111,7 @@ class Policy:
     total_macs: int  # MACs summed over the validation images
     counts: tuple[int, ...]  # (K,) images leaving at each exit (0 where disabled)
     num_images: int  # N
-    exit_macs: tuple[int, ...]  # (K,) cumulative MACs of leaving at each exit (0 where disabled)
+    exit_macs: tuple[int, ...]  # (K,) cumulative MACs of leaving at each exit (0 where disabled; per-call parts in)
     gap_bound: float = 0.0  # proven bound on (optimal accuracy - accuracy); 0.0: exact
 
     @property
@@ -129,20 +137,53 @@ def exit_subsets(num_stages: int, elastic_exits: bool) -> list[tuple[bool, ...]]
     return [tuple(bits) + (True,) for bits in itertools.product((False, True), repeat=num_stages - 1)]
 
 
-def min_cost(body: Sequence[int], heads: Sequence[int]) -> int:
+def min_cost(body: Sequence[int], heads: Sequence[int], calls: Calls | None = None) -> int:
     """Cheapest expected MACs of an architecture: every image leaves at the first exit."""
-    return int(body[0]) + int(heads[0])
+    return int(body[0]) + int(heads[0]) + (0 if calls is None else int(calls[0][0]) + int(calls[1][0]))
+
+
+def _call_costs(calls: Calls | None, exits: Sequence[bool]) -> list[int]:
+    """Cumulative per-call cost of each stage's exit (0 where disabled, or all 0 without ``calls``)."""
+    return [0] * len(exits) if calls is None else exit_costs(calls[0], calls[1], exits)
+
+
+def forced_exit_costs(body: Sequence[int], heads: Sequence[int], exits: Sequence[bool],
+                      calls: Calls | None = None) -> list[int]:
+    """Cumulative cost per image of leaving at each stage when every image of the batch leaves there
+    (what enas4d-profile times for a latency): per-image and per-call parts; 0 at disabled stages."""
+    return [c + f for c, f in zip(exit_costs(body, heads, exits), _call_costs(calls, exits))]
+
+
+def expected_cost(weights: Sequence[float], exit_cost: Sequence[float],
+                  exit_call: Sequence[float] | None = None) -> float:
+    """Cost of an early-exit policy: the one rule (calibration, search result, export, enas4d-evaluate).
+
+    ``weights[k]``: images leaving at exit ``k`` (counts: the total over them) or the fraction of
+    them (exit rates: the average per image); ``exit_cost[k]``: the per-image part of the cumulative
+    cost of leaving at ``k`` (:func:`exit_costs` of per-image costs); ``exit_call[k]``: its per-call
+    part, per image of the batch (None: none, as for MACs). Each image pays the per-image part of
+    its exit; the stages up to the deepest exit that any image takes run once per batch, so their
+    per-call parts are paid once, shared by all images; the stages after it never run. For a batch
+    of ``B`` images with per-stage costs ``a_k + b_k * n`` (``n`` images reaching stage ``k``) this is
+    ``(1/B) * sum_k [a_k * (reach_k > 0) + b_k * B * reach_k]`` per image, ``reach_k`` the fraction of
+    images still undecided when stage ``k`` starts.
+    """
+    total = sum(w * c for w, c in zip(weights, exit_cost))
+    used = [k for k, w in enumerate(weights) if w > 0]
+    if exit_call is not None and used:
+        total += sum(weights) * exit_call[used[-1]]
+    return total
 
 
 def simulate(table: ExitTable, exits: Sequence[bool], thresholds: Sequence[float | None],
-             body: Sequence[int], heads: Sequence[int]) -> Policy:
+             body: Sequence[int], heads: Sequence[int], calls: Calls | None = None) -> Policy:
     """Score a given policy on the table by direct simulation (the reference the search is tested on)."""
     K, N = table.correct.shape
     if len(exits) != K or len(thresholds) != K or not exits[-1]:
         raise ValueError(f"simulate: need {K} exits (last True) and {K} thresholds")
     costs = exit_costs(body, heads, exits)
     undecided = np.ones(N, dtype=bool)
-    correct, total, counts = 0, 0, [0] * K
+    correct, counts = 0, [0] * K
     for k in range(K):
         if not exits[k]:
             continue
@@ -154,11 +195,13 @@ def simulate(table: ExitTable, exits: Sequence[bool], thresholds: Sequence[float
         n = int(leave.sum())
         counts[k] = n
         correct += int(table.correct[k][leave].sum())
-        total += n * costs[k]
         undecided &= ~leave
     ths = tuple(None if not on else (0.0 if k == K - 1 else float(t))
                 for k, (on, t) in enumerate(zip(exits, thresholds)))
-    return Policy(tuple(bool(e) for e in exits), ths, correct, total, tuple(counts), N, tuple(costs))
+    call = _call_costs(calls, exits)
+    total = int(expected_cost(counts, costs, call))
+    return Policy(tuple(bool(e) for e in exits), ths, correct, total, tuple(counts), N,
+                  tuple(c + f for c, f in zip(costs, call)))
 
 
 # ------------------------------------------------------------------------------------ internals
@@ -232,10 +275,13 @@ class _Enumerator:
     """Enumerates threshold policies of one exit subset of one table (see module docstring)."""
 
     def __init__(self, table: ExitTable, costs: list[int], ks: list[int], grid: int | None,
-                 last_grid: int | None):
+                 last_grid: int | None, calls: list[int] | None = None):
         self.corr = table.correct.astype(np.int64)  # (K, N) 0/1
         self.conf = table.conf
         self.C = np.asarray(costs, dtype=np.int64)  # (K,) cumulative MACs of each stage for this subset
+        # (K,) cumulative per-call cost of each exit, per image, times N: paid once for the deepest
+        # exit any image takes (expected_cost); all 0 for MACs.
+        self.NF = table.num_images * np.asarray([0] * len(costs) if calls is None else calls, dtype=np.int64)
         self.L = table.num_stages - 1
         self.ks = ks  # enabled stages before the last, ascending
         self.last_grid = last_grid  # levels of the last two swept exits (None: exact)
@@ -255,16 +301,17 @@ class _Enumerator:
     def run(self, consumer: _Consumer) -> None:
         """Offer every policy of the subset to ``consumer``."""
         idx = np.arange(self.conf.shape[1])
-        self._chain(idx, list(self.ks), {}, 0, 0, consumer)
+        self._chain(idx, list(self.ks), {}, 0, 0, consumer, -1)
 
     def _chain(self, idx: np.ndarray, ks: list[int], fixed: dict[int, float], base_correct: int,
-               base_cost: int, consumer: _Consumer) -> None:
+               base_cost: int, consumer: _Consumer, deepest: int) -> None:
+        """``deepest``: the deepest exit an image left at so far (-1: none)."""
         L, C = self.L, self.C
         if len(idx) == 0 or not ks:
             # Everyone left already (thresholds of the rest are irrelevant) or a static subnet.
             rest = {k: float(self.conf[k].max()) for k in ks}
             correct = base_correct + int(self.corr[L, idx].sum())
-            cost = base_cost + len(idx) * int(C[L])
+            cost = base_cost + len(idx) * int(C[L]) + int(self.NF[L if len(idx) else deepest])
             consumer.offer(np.array([correct]), np.array([cost]), lambda i: {**fixed, **rest})
         elif len(ks) == 1:
             self._sweep1(idx, ks[0], fixed, base_correct, base_cost, consumer)
@@ -279,7 +326,7 @@ class _Enumerator:
                 out = idx[leave]
                 self._chain(idx[~leave], ks[1:], {**fixed, k: float(vals[q])},
                             base_correct + int(self.corr[k, out].sum()), base_cost + len(out) * int(C[k]),
-                            consumer)
+                            consumer, k if len(out) else deepest)
 
     def _sweep1(self, idx: np.ndarray, k: int, fixed: dict[int, float], base_correct: int, base_cost: int,
                 consumer: _Consumer) -> None:
@@ -290,7 +337,8 @@ class _Enumerator:
         cnt = np.cumsum(np.bincount(lev, minlength=Q))  # (Q,) images leaving at k with level q
         gain = np.rint(np.cumsum(np.bincount(lev, weights=w, minlength=Q))).astype(np.int64)
         correct = base_correct + int(self.corr[L, idx].sum()) + gain
-        cost = base_cost + cnt * C[k] + (n - cnt) * C[L]
+        # n >= 1 images reach exit k: the deepest taken is L unless all of them leave at k.
+        cost = base_cost + cnt * C[k] + (n - cnt) * C[L] + np.where(cnt < n, self.NF[L], self.NF[k])
         consumer.offer(correct, cost, lambda i: {**fixed, k: float(vals[i])})
 
     def _sweep2(self, idx: np.ndarray, k1: int, k2: int, fixed: dict[int, float], base_correct: int,
@@ -319,7 +367,7 @@ class _Enumerator:
             s = max(0, t - block)
             a, b = starts[s], starts[t]
             # Cost falls with q1 (more leave at k1, C1 < C2); cheapest: row t-1, all others at k2.
-            min_cost = base_cost + int(cnt1[t - 1] * C[k1] + (n - cnt1[t - 1]) * C[k2])
+            min_cost = base_cost + int(cnt1[t - 1] * C[k1] + (n - cnt1[t - 1]) * C[k2]) + int(self.NF[k1])
             max_correct = base_c + int(gain1[s:t].max()) + int(pos_after[s])
             if consumer.can_skip(max_correct, min_cost):
                 np.add.at(tail_cnt, lev2s[a:b], 1)
@@ -337,7 +385,9 @@ class _Enumerator:
             gain2 = np.rint(np.cumsum(Gx, 1)).astype(np.int64)
             c1 = cnt1[s:t, None]
             correct = base_c + gain1[s:t, None] + gain2
-            cost = base_cost + c1 * C[k1] + cnt2 * C[k2] + (n - c1 - cnt2) * C[L]
+            rest = n - c1 - cnt2
+            cost = (base_cost + c1 * C[k1] + cnt2 * C[k2] + rest * C[L]
+                    + np.where(rest > 0, self.NF[L], np.where(cnt2 > 0, self.NF[k2], self.NF[k1])))
 
             def decode(i: int, s: int = s) -> dict[int, float]:
                 r, q2 = divmod(i, Q2)
@@ -357,7 +407,7 @@ def _threshold(conf_row: np.ndarray, value: float) -> float:
 
 
 def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budget: float,
-              elastic_exits: bool = True, grid: int | None = 16) -> Policy | None:
+              elastic_exits: bool = True, grid: int | None = 16, calls: Calls | None = None) -> Policy | None:
     """The most accurate policy with expected MACs <= ``budget`` (None if none fits).
 
     Args:
@@ -369,6 +419,8 @@ def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
         elastic_exits: may exits before the last be disabled (the space's ``elastic_exits``)?
         grid: threshold levels per exit for the first ``m - 2`` of ``m >= 3`` exits (see module
             docstring); ``None`` makes them exact too (``O(N^(m-1))``, small cases only).
+        calls: per-call (body, heads) costs, per image of the batch, same unit (a latency's; see
+            the module docstring and :func:`expected_cost`); None: none.
     """
     K, N = table.correct.shape
     if N == 0:
@@ -379,11 +431,12 @@ def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
     best: Policy | None = None
     gap = 0  # images; the bound is the largest over the subsets searched (module docstring)
     for exits in exit_subsets(K, elastic_exits):
-        costs = exit_costs(body, heads, exits)
+        costs, call = exit_costs(body, heads, exits), _call_costs(calls, exits)
         ks = [k for k in range(K - 1) if exits[k]]
-        if costs[ks[0] if ks else K - 1] * N > limit:
+        first = ks[0] if ks else K - 1
+        if (costs[first] + call[first]) * N > limit:
             continue  # even "everyone leaves at the first exit" is over budget
-        en = _Enumerator(table, costs, ks, grid, None)
+        en = _Enumerator(table, costs, ks, grid, None, call)
         gap = max(gap, en.gap)
         consumer = _Best(limit)
         en.run(consumer)
@@ -391,7 +444,7 @@ def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
             continue
         ths = [None if not on else (0.0 if k == K - 1 else _threshold(table.conf[k], consumer.levels[k]))
                for k, on in enumerate(exits)]
-        pol = simulate(table, exits, ths, body, heads)
+        pol = simulate(table, exits, ths, body, heads, calls)
         if (pol.correct, pol.total_macs) != (consumer.correct, consumer.cost):
             raise AssertionError(f"calibrate: enumeration {consumer.correct, consumer.cost} disagrees with "
                                  f"simulation {pol.correct, pol.total_macs} for exits {exits}")
@@ -403,7 +456,7 @@ def calibrate(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
 
 
 def tradeoff(table: ExitTable, body: Sequence[int], heads: Sequence[int], elastic_exits: bool = True,
-             levels: int = 32) -> tuple[np.ndarray, list[tuple[bool, ...]]]:
+             levels: int = 32, calls: Calls | None = None) -> tuple[np.ndarray, list[tuple[bool, ...]]]:
     """Pareto front of (expected MACs, accuracy) over policies on ``levels`` quantile thresholds.
 
     Returns the front (P, 2), sorted by MACs, and the exit set of each point. For plots and
@@ -416,7 +469,7 @@ def tradeoff(table: ExitTable, body: Sequence[int], heads: Sequence[int], elasti
     for i, exits in enumerate(subsets):
         ks = [k for k in range(K - 1) if exits[k]]
         front = _Front()
-        _Enumerator(table, exit_costs(body, heads, exits), ks, levels, levels).run(front)
+        _Enumerator(table, exit_costs(body, heads, exits), ks, levels, levels, _call_costs(calls, exits)).run(front)
         p = pareto_front(np.concatenate(front.points))
         pts.append(p)
         owner += [i] * len(p)
@@ -444,7 +497,8 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 
 
 def cross_fit(table: ExitTable, body: Sequence[int], heads: Sequence[int], budget: float,
-              elastic_exits: bool = True, grid: int | None = 16, seed: int = 0) -> tuple[float, float] | None:
+              elastic_exits: bool = True, grid: int | None = 16, seed: int = 0,
+              calls: Calls | None = None) -> tuple[float, float] | None:
     """Accuracy and average MACs of threshold calibration on images it was *not* fitted on.
 
     The images are split at random (``seed``) into two halves; thresholds calibrated on one half
@@ -461,11 +515,11 @@ def cross_fit(table: ExitTable, body: Sequence[int], heads: Sequence[int], budge
     correct, total = 0, 0
     for fit, held in (halves, halves[::-1]):
         pol = calibrate(ExitTable(table.correct[:, fit], table.conf[:, fit]), body, heads, budget,
-                        elastic_exits, grid)
+                        elastic_exits, grid, calls)
         if pol is None:
             return None
         res = simulate(ExitTable(table.correct[:, held], table.conf[:, held]), pol.exits, pol.thresholds,
-                       body, heads)
+                       body, heads, calls)
         correct += res.correct
         total += res.total_macs
     return correct / n, total / n

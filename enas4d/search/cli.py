@@ -5,7 +5,9 @@
 
 The budget is average MACs per image, or average latency per image on the machine a device profile
 (``enas4d-profile``) was measured on: then the per-stage costs the thresholds are calibrated with are
-that profile's predicted latencies (integer nanoseconds) instead of MACs, and nothing else changes.
+that profile's predicted latencies (integer nanoseconds) instead of MACs, each stage with a per-call
+part that the images of a batch reaching it share (:mod:`enas4d.search.latency`), and nothing else
+changes.
 
 Everything is rebuilt from the checkpoint (supernet, weights, search space, and the datamodule
 with the training run's split and normalisation), so the search runs on the validation split
@@ -34,8 +36,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from enas4d.checkpoint import CheckpointError, CheckpointMeta, build_datamodule, load_supernet
 from enas4d.models import MultiStageSupernet
 from enas4d.search.budget import BUDGET_HELP, Budget, BudgetError, format_macs, format_seconds, parse_budget
-from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, min_cost, pareto_indices,
-                                     simulate, tradeoff)
+from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, forced_exit_costs,
+                                     min_cost, pareto_indices, simulate, tradeoff)
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
 from enas4d.search.evolution import EvolutionConfig, Scored, best_first, run_search, scored_key
 from enas4d.search.latency import NS_PER_SECOND, DeviceProfile, LatencyCosts, LatencyError
@@ -72,22 +74,24 @@ class DynamicProblem:
     """Early-exit subnets: fitness = accuracy of the best threshold policy within the budget."""
 
     def __init__(self, evaluator: CandidateEvaluator, budget: float, grid: int | None,
-                 costs: StageCosts | None = None):
+                 costs: StageCosts | None = None, calls: StageCosts | None = None):
         self.evaluator, self.budget, self.grid = evaluator, budget, grid
         self.costs = costs or evaluator.stage_macs  # the budget's unit: MACs unless told
+        self.calls = calls  # per-call parts of a latency's costs (None: none, as for MACs)
         self.elastic = evaluator.net.space.elastic_exits
         self.policies: dict[str, Policy] = {}
 
     def feasible(self, arch: Subnet) -> bool:
         """Some policy fits: every image leaving at the first exit is within budget."""
-        return min_cost(*self.costs(arch)) <= self.budget
+        return min_cost(*self.costs(arch), None if self.calls is None else self.calls(arch)) <= self.budget
 
     def policy(self, arch: Subnet) -> Policy:
         """The calibrated policy of ``arch`` (from its cached validation pass)."""
         key = CandidateEvaluator.key(arch)
         if key not in self.policies:
             body, heads = self.costs(arch)
-            pol = calibrate(self.evaluator.table(arch), body, heads, self.budget, self.elastic, self.grid)
+            pol = calibrate(self.evaluator.table(arch), body, heads, self.budget, self.elastic, self.grid,
+                            None if self.calls is None else self.calls(arch))
             if pol is None:
                 raise SearchError(f"search: no policy of {key} fits the budget although it was deemed feasible")
             self.policies[key] = pol
@@ -102,14 +106,17 @@ class DynamicProblem:
 class StaticProblem:
     """Single-exit subnets (only the last exit): fitness = its accuracy, cost = its MACs."""
 
-    def __init__(self, evaluator: CandidateEvaluator, budget: float, costs: StageCosts | None = None):
+    def __init__(self, evaluator: CandidateEvaluator, budget: float, costs: StageCosts | None = None,
+                 calls: StageCosts | None = None):
         self.evaluator, self.budget = evaluator, budget
         self.costs = costs or evaluator.stage_macs  # the budget's unit: MACs unless told
+        self.calls = calls  # per-call parts of a latency's costs (None: none, as for MACs)
 
     def cost(self, arch: Subnet) -> int:
         """Cost per image (MACs, or the budget's unit) of ``arch`` with only its last exit."""
         body, heads = self.costs(arch)
-        return exit_costs(body, heads, (False,) * (len(body) - 1) + (True,))[-1]
+        return forced_exit_costs(body, heads, (False,) * (len(body) - 1) + (True,),
+                                 None if self.calls is None else self.calls(arch))[-1]
 
     def feasible(self, arch: Subnet) -> bool:
         """Its full cost is within budget."""
@@ -247,6 +254,15 @@ class _Setup:
         """Per-stage (body, heads) costs of ``arch`` in the cost unit."""
         return (self.costs or self.evaluator.stage_macs)(arch)
 
+    @property
+    def calls(self) -> StageCosts | None:
+        """Per-stage per-call (body, heads) costs of a latency budget (None for MACs)."""
+        return self.latency.calls if self.costs is not None and self.latency is not None else None
+
+    def stage_calls(self, arch: Subnet) -> tuple[list[int], list[int]] | None:
+        """Per-stage per-call (body, heads) costs of ``arch`` in the cost unit, per image (None for MACs)."""
+        return None if self.calls is None else self.calls(arch)
+
     def to_unit(self, cost: float) -> float:
         """A cost in the budget's unit: MACs, or seconds per image (from nanoseconds)."""
         return cost / NS_PER_SECOND if self.unit == "seconds" else cost
@@ -279,7 +295,7 @@ def _open_profile(cfg: DictConfig, spec: Budget, net: MultiStageSupernet, meta: 
     profile.check_supernet(meta.supernet, meta.space)
     bs = None if cfg.latency_batch_size is None else int(cfg.latency_batch_size)
     on_cpu = next(net.parameters()).device.type == "cpu"  # features are read on the CPU
-    return profile, LatencyCosts(net if on_cpu else copy.deepcopy(net).cpu(), profile.model(bs))
+    return profile, LatencyCosts(net if on_cpu else copy.deepcopy(net).cpu(), profile, bs)
 
 
 def _prepare(cfg: DictConfig, console: Console) -> _Setup:
@@ -302,13 +318,13 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     if costs is not None:
         budget = budget_spec.value * NS_PER_SECOND
         largest = space.largest()
-        largest_cost = float(exit_costs(*costs(largest), largest.exits)[-1])
-        smallest_cost = float(min_cost(*costs(space.smallest())))
+        largest_cost = float(forced_exit_costs(*costs(largest), largest.exits, costs.calls(largest))[-1])
+        smallest_cost = float(min_cost(*costs(space.smallest()), costs.calls(space.smallest())))
         if budget < smallest_cost:
             raise BudgetError(f"budget: {format_seconds(budget_spec.value)}/image is below the smallest predicted "
                               f"latency {format_seconds(smallest_cost / NS_PER_SECOND)} (the smallest subnet, every "
                               f"image leaving at exit 1, on the profiled machine at batch "
-                              f"{latency.model.batch_size}); use budget >= "
+                              f"{latency.batch_size}); use budget >= "
                               f"{format_seconds(smallest_cost / NS_PER_SECOND)}")
     if budget < smallest_macs and costs is None:
         raise BudgetError(f"budget: {format_macs(budget)} MACs/image is below the smallest achievable "
@@ -340,9 +356,11 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
     else:
         console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget "
                       f"{format_seconds(budget_spec.value)}/image predicted by {profile.path} at batch "
-                      f"{latency.model.batch_size} (largest subnet {format_seconds(largest_cost / NS_PER_SECOND)}, "
+                      f"{latency.batch_size} (largest subnet {format_seconds(largest_cost / NS_PER_SECOND)}, "
                       f"smallest {format_seconds(smallest_cost / NS_PER_SECOND)}); {len(labels)} validation images "
                       f"on {device}; cache {cache_path} ({len(cache)} architectures)")
+    if latency is not None and latency.fit.note:
+        console.print(f"search: note: {latency.fit.note}")
     evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
     if file_digest(cfg.ckpt) != ckpt_sha:  # rewritten while it was read (a training still running)
         raise SearchError(f"ckpt: {cfg.ckpt!r} changed while the search read it; search again once it is written")
@@ -413,7 +431,7 @@ def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
     for a, pol in dyn_all:
         body, heads = st.stage_costs(a)
         curve, curve_exits = tradeoff(st.evaluator.table(a), body, heads, st.net.space.elastic_exits,
-                                      int(cfg.front_levels))
+                                      int(cfg.front_levels), st.stage_calls(a))
         dyn_rows += [(float(m), float(acc), _apply_exits(a, e)) for (m, acc), e in zip(curve, curve_exits)]
         dyn_rows.append((pol.expected_macs, pol.accuracy, _apply_exits(a, pol.exits)))
     sta_rows = [(macs, acc, static_subnet(a)) for a, acc, macs in static_pts]
@@ -433,8 +451,8 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     st = _prepare(cfg, console)
     net, space, budget, evaluator = st.net, st.net.space, st.budget, st.evaluator
     grid = None if cfg.calibration_grid is None else int(cfg.calibration_grid)
-    dyn = DynamicProblem(evaluator, budget, grid, st.costs)
-    sta = StaticProblem(evaluator, budget, st.costs)
+    dyn = DynamicProblem(evaluator, budget, grid, st.costs, st.calls)
+    sta = StaticProblem(evaluator, budget, st.costs, st.calls)
     dynamic_scored, static_scored = _run_searches(cfg, st, dyn, sta, console)
 
     # Every architecture scored in this run counts for both kinds (its pass gives both numbers).
@@ -463,20 +481,26 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
                       "used_for_screening": bool(pc.enabled)}
 
     body, heads = st.stage_costs(best_arch)
-    held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, int(cfg.seed))
+    held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, int(cfg.seed),
+                     st.stage_calls(best_arch))
     chosen = _apply_exits(best_arch, policy.exits)
     # The policy's MACs (and, with a profile, its predicted latency) whatever the budget's unit.
     in_macs = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *evaluator.stage_macs(best_arch))
     latency = None
     if st.latency is not None:
-        in_ns = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *st.latency(best_arch))
+        in_ns = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *st.latency(best_arch),
+                         st.latency.calls(best_arch))
         latency = {"device_profile": st.profile.path, "device_profile_sha256": st.profile.sha256,
-                   "batch_size": st.latency.model.batch_size,
+                   "batch_size": st.latency.batch_size,
                    "expected": in_ns.expected_macs / NS_PER_SECOND,  # predicted average seconds per image
-                   "exit_latency": st.latency.exit_seconds(chosen),  # predicted cumulative, per enabled exit
+                   # predicted cumulative, per enabled exit, every image of the batch leaving there
+                   "exit_latency": st.latency.exit_seconds(chosen),
+                   # its per-call part (stage calls / batch size), paid once per batch up to the deepest exit taken
+                   "exit_call_latency": st.latency.exit_call_seconds(chosen),
+                   "call_fit": st.latency.fit.to_dict(),  # batch sizes of the per-call fit; note if a fallback
                    "budget": st.to_unit(budget) if st.unit == "seconds" else None,
                    "largest": st.latency.exit_seconds(space.largest())[-1],
-                   "fit": st.profile.data["fit"].get(str(st.latency.model.batch_size)),
+                   "fit": st.profile.data["fit"].get(str(st.latency.batch_size)),
                    **{k: st.profile.data[k] for k in ("machine", "torch", "threads", "clock", "runtime")}}
     enabled = [k for k, on in enumerate(policy.exits) if on]
     result = {

@@ -23,9 +23,24 @@ preprocessed image. The weights are fitted by non-negative least squares on rela
 model per profiled batch size, and checked on architectures held out of the fit.
 
 At a batch size ``B > 1``, the cumulative latency of exit ``e`` is the time per image of a batch
-whose images all leave at ``e``. In deployment stage ``k`` runs on the images still undecided, a
-smaller batch, at nearly the same time per image when ``B`` is large enough that the per-call
-overhead is small: :func:`predicted_vs_measured` checks the prediction against a measured export.
+whose images all leave at ``e``. In deployment stage ``k`` runs only on the images still undecided,
+a smaller batch, where its fixed per-call cost is shared by fewer images (on one thread, a stage run
+on 5 images of a digits subnet costs 2-3x its batch-64 time per image). So a stage's call on
+``n`` images costs ``a_k + b_k * n`` seconds: a per-call part and a per-image part, fitted per
+stage (:func:`fit_per_call`) from the profile's predictions at batch ``B`` and at the smaller batch
+sizes it timed (``sub_batch_sizes``, by default ``B/32`` and ``B/8``, at least 2) in the memory layout
+that batch ``B`` runs in (the export runs a single image in another one, so batch 1 counts only for
+networks that run it channels-last too). The line goes through the batch-``B`` prediction, so
+forcing every image out at one exit is predicted as before. The expected latency per image of exit
+rates ``r`` at batch ``B`` is then ``(1/B) * sum_k [a_k * (reach_k > 0) + b_k * B * reach_k]``,
+``reach_k`` the fraction of images still undecided when stage ``k`` starts; a stage that no image
+reaches is skipped by the export and costs nothing
+(:func:`~enas4d.search.calibrate.expected_cost`, the one rule, which the search's threshold
+calibration, its result, the export and ``enas4d-evaluate`` all use). :class:`LatencyCosts` gives
+the search these per-stage costs in integer nanoseconds; :func:`predicted_vs_measured` checks the
+prediction against a measured export. A profile written before the per-call fit (version 1: batch 1
+and ``B`` only, no layouts) is refitted from those two batch sizes, with a note; a profile of one
+batch size predicts per image (exact at batch 1).
 
 A profile is a JSON file (:class:`DeviceProfile`, written atomically) naming the machine, torch,
 threads, clock, the supernet (by a fingerprint of its architecture: any checkpoint of the same
@@ -53,17 +68,20 @@ import torch
 from torch import Tensor, nn
 
 import enas4d
+from enas4d.search.calibrate import exit_costs, expected_cost, forced_exit_costs
 from enas4d.space import Subnet
 from enas4d.utils.files import file_digest, write_json
 from enas4d.utils.seed import make_generator
 
 __all__ = ["PROFILE_FORMAT", "PROFILE_VERSION", "BODY_FEATURES", "HEAD_FEATURES", "CLOCKS", "RUNTIMES",
-           "NS_PER_SECOND", "LatencyError", "ProfileSettings", "StageFeatures", "LatencyModel", "DeviceProfile",
-           "LatencyCosts", "supernet_fingerprint", "stage_features", "fit_latency", "profile_supernet",
-           "predicted_vs_measured", "timer"]
+           "NS_PER_SECOND", "LatencyError", "ProfileSettings", "StageFeatures", "LatencyModel", "CallFit",
+           "DeviceProfile", "LatencyCosts", "supernet_fingerprint", "stage_features", "fit_latency", "fit_per_call",
+           "call_fit_errors", "profile_supernet", "predicted_vs_measured", "timer"]
 
 PROFILE_FORMAT = "enas4d-device-profile"
-PROFILE_VERSION = 1
+# 2: sub-batch sizes and the memory layout of each batch size (for the per-call fit); 1 is still read.
+PROFILE_VERSION = 2
+READ_VERSIONS = (1, 2)
 # Per-stage body features: all per image; "const" is the stage's fixed cost (runner and call overhead).
 BODY_FEATURES = ("const", "macs", "conv_unfold", "conv_out", "tap_elems", "convs", "ops", "image_elems")
 # Per-exit head features (only where the exit is enabled): head MACs and the feature map it pools.
@@ -185,6 +203,31 @@ class LatencyModel:
         return f.cumulative(exits) @ np.concatenate([self.body, self.head])
 
 
+def fit_per_call(per_image: Mapping[int, np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call ``a`` and per-image ``b`` seconds of each stage at ``batch_size``: a call on ``n`` images costs
+    ``a + b * n``.
+
+    ``per_image`` maps batch sizes (``batch_size`` among them, the others smaller) to (K,) predicted
+    seconds per image of each stage when the whole batch runs it. The line passes through the
+    per-call time at ``batch_size`` (``batch_size * per_image[batch_size]``); its slope is the least
+    squares fit of the relative errors at the other batch sizes (points of zero time ignored),
+    clipped so that ``a, b >= 0``. With no other batch size: ``a = 0``, ``b`` the per-image time.
+    """
+    B = int(batch_size)
+    top = B * np.asarray(per_image[B], np.float64)  # (K,) seconds per call at B
+    num, den = np.zeros_like(top), np.zeros_like(top)
+    for m, v in per_image.items():
+        if m >= B:
+            continue
+        t = m * np.asarray(v, np.float64)
+        w = np.divide(1.0, t * t, out=np.zeros_like(t), where=t > 0)
+        num += w * (top - t) * (B - m)
+        den += w * float(B - m) ** 2
+    b = np.divide(num, den, out=top / B, where=den > 0)
+    b = np.clip(b, 0.0, top / B)
+    return top - b * B, b
+
+
 def fit_latency(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative weights ``w`` minimising the relative error ``sum(((x @ w - y) / y) ** 2)``.
 
@@ -205,6 +248,18 @@ def _rel_errors(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     rel = (pred - y) / y
     return {"mean_abs": float(np.abs(rel).mean()), "max_abs": float(np.abs(rel).max()),
             "bias": float(rel.mean()), "rows": int(len(y))}
+
+
+@dataclass(frozen=True)
+class CallFit:
+    """Which profiled batch sizes the per-call fit at ``batch_size`` uses, and a note when it is a fallback."""
+
+    batch_size: int
+    batch_sizes: tuple[int, ...]  # ascending, ending with batch_size
+    note: str | None = None  # None: fitted as intended (or exact: batch 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_sizes": list(self.batch_sizes), "note": self.note}
 
 
 @dataclass(frozen=True)
@@ -235,6 +290,33 @@ class DeviceProfile:
                                f"allowed values: {list(self.batch_sizes)} (or null)")
         return self.models[b]
 
+    def call_fit(self, batch_size: int | None, field: str = "latency_batch_size") -> CallFit:
+        """The batch sizes the per-call fit at ``batch_size`` (None: :attr:`batch_size`) is made from.
+
+        Those profiled up to it in its memory layout (version 2 profiles record it); where fewer than
+        two, every profiled size up to it (a version 1 profile: batch 1 and B), with a note; where
+        only it, none (per image: exact at batch 1), with a note for ``B > 1``.
+        """
+        B = self.model(batch_size, field).batch_size
+        sizes = tuple(b for b in self.batch_sizes if b <= B)
+        layouts = self.data.get("layouts") or {}
+        same = tuple(b for b in sizes if str(b) in layouts and layouts[str(b)] == layouts.get(str(B)))
+        if len(same) >= 2:
+            return CallFit(B, same)
+        where = self.path or "the device profile"
+        if len(sizes) >= 2:
+            if not layouts:
+                why = f"{where} predates the per-call latency fit (profile version {self.data.get('version')})"
+            else:
+                why = f"{where} timed no smaller batch in batch {B}'s memory layout ({layouts.get(str(B))})"
+            return CallFit(B, sizes, f"{why}: each stage's per-call cost is fitted from batch sizes "
+                                     f"{list(sizes)}; batch 1 may run in another memory layout than the smaller "
+                                     f"batches of undecided images; run enas4d-profile again for sub-batch timings")
+        if B == 1:
+            return CallFit(B, sizes)
+        return CallFit(B, sizes, f"{where} has no batch size below {B}: predicting per image (stages on few "
+                                 "undecided images are underestimated); run enas4d-profile again")
+
     def check_supernet(self, supernet: Mapping[str, Any], space: Mapping[str, Any],
                        field: str = "device_profile") -> None:
         """LatencyError naming ``field`` unless the profile was measured for this supernet."""
@@ -260,9 +342,9 @@ class DeviceProfile:
         if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
             raise LatencyError(f"{field}: {where} is not an enas4d device profile (no format "
                                f"{PROFILE_FORMAT!r}); make one with enas4d-profile")
-        if data.get("version") != PROFILE_VERSION:
+        if data.get("version") not in READ_VERSIONS:
             raise LatencyError(f"{field}: {where} has version {data.get('version')!r}; this enas4d reads "
-                               f"{PROFILE_VERSION}")
+                               f"{list(READ_VERSIONS)}")
         try:
             if list(data["features"]["body"]) != list(BODY_FEATURES) or \
                     list(data["features"]["head"]) != list(HEAD_FEATURES):
@@ -278,6 +360,10 @@ class DeviceProfile:
                     raise ValueError(f"coefficients of batch size {b}")
                 models[b] = LatencyModel(b, body, head)
             fingerprint = str(data["supernet"]["fingerprint"])
+            layouts = data.get("layouts")
+            if layouts is not None and (not isinstance(layouts, dict)
+                                        or not all(isinstance(v, str) for v in layouts.values())):
+                raise ValueError(f"layouts {layouts!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise LatencyError(f"{field}: {where} is a damaged device profile ({type(e).__name__}: {e})") from e
         if not models:
@@ -299,35 +385,66 @@ class DeviceProfile:
 
 
 class LatencyCosts:
-    """Predicted per-stage latencies of architectures, in the calibration's integer cost unit.
+    """Predicted per-stage latencies of architectures at one profiled batch size ``B``, in the
+    calibration's integer cost unit (nanoseconds).
 
-    ``costs(arch)`` returns ``(body, heads)`` in nanoseconds per image, the pair
-    :func:`~enas4d.search.calibrate.calibrate` takes, cached per architecture (features need an
-    extraction and a batch-1 pass, a few tens of milliseconds).
+    ``costs(arch)`` returns the per-image parts ``(body, heads)`` (``b_k``) and ``costs.calls(arch)``
+    the per-call parts, per image of the batch (``a_k / B``): the pair and the ``calls`` that
+    :func:`~enas4d.search.calibrate.calibrate` takes (see the module docstring). Cached per
+    architecture (features need an extraction and a batch-1 pass, a few tens of milliseconds).
     """
 
-    def __init__(self, net: nn.Module, model: LatencyModel):
-        self.net, self.model = net, model
-        self._cache: dict[str, tuple[list[int], list[int]]] = {}
+    def __init__(self, net: nn.Module, profile: DeviceProfile, batch_size: int | None = None,
+                 field: str = "latency_batch_size"):
+        self.net, self.profile = net, profile
+        self.model = profile.model(batch_size, field)  # the batch-B feature model
+        self.batch_size = self.model.batch_size
+        self.fit = profile.call_fit(self.batch_size, field)
+        self._cache: dict[str, tuple[list[int], list[int], list[int], list[int]]] = {}
 
-    def __call__(self, arch: Subnet) -> tuple[list[int], list[int]]:
-        """(body, heads) of ``arch`` in integer nanoseconds per image (exits do not matter)."""
+    def _stages(self, arch: Subnet) -> tuple[list[int], list[int], list[int], list[int]]:
+        """(body, heads, body calls, head calls) of ``arch`` in integer nanoseconds per image."""
         key = arch.with_all_exits().to_json()
         if key not in self._cache:
-            body, head = self.model.stage_seconds(stage_features(self.net, arch))
-            self._cache[key] = ([int(round(v * NS_PER_SECOND)) for v in body],
-                                [int(round(v * NS_PER_SECOND)) for v in head])
+            f = stage_features(self.net, arch)
+            per = {m: self.profile.models[m].stage_seconds(f) for m in self.fit.batch_sizes}
+            B = self.batch_size
+            body_a, body_b = fit_per_call({m: v[0] for m, v in per.items()}, B)
+            head_a, head_b = fit_per_call({m: v[1] for m, v in per.items()}, B)
+
+            def ns(v: np.ndarray) -> list[int]:
+                return [int(round(x * NS_PER_SECOND)) for x in v]
+
+            self._cache[key] = (ns(body_b), ns(head_b), ns(body_a / B), ns(head_a / B))
         return self._cache[key]
 
+    def __call__(self, arch: Subnet) -> tuple[list[int], list[int]]:
+        """Per-image (body, heads) of ``arch`` in integer nanoseconds (exits do not matter)."""
+        body, heads, _, _ = self._stages(arch)
+        return body, heads
+
+    def calls(self, arch: Subnet) -> tuple[list[int], list[int]]:
+        """Per-call (body, heads) of ``arch`` in integer nanoseconds per image of a batch of ``B``."""
+        _, _, body, heads = self._stages(arch)
+        return body, heads
+
+    def _cumulative(self, arch: Subnet, parts: tuple[list[int], list[int]]) -> list[float]:
+        return [c / NS_PER_SECOND for c, on in zip(exit_costs(*parts, arch.exits), arch.exits) if on]
+
     def exit_seconds(self, arch: Subnet) -> list[float]:
-        """Predicted cumulative latency of every enabled exit of ``arch``, seconds per image."""
-        body, heads = self(arch)
-        out, acc = [], 0
-        for b, h, on in zip(body, heads, arch.exits):
-            acc += b + (h if on else 0)
-            if on:
-                out.append(acc / NS_PER_SECOND)
-        return out
+        """Predicted cumulative latency of every enabled exit of ``arch`` when every image of the
+        batch leaves there (what enas4d-profile times), seconds per image."""
+        return [c / NS_PER_SECOND for c, on in zip(forced_exit_costs(*self(arch), arch.exits, self.calls(arch)),
+                                                   arch.exits) if on]
+
+    def exit_call_seconds(self, arch: Subnet) -> list[float]:
+        """The per-call part of :meth:`exit_seconds` (stage calls divided by ``B``), per enabled exit."""
+        return self._cumulative(arch, self.calls(arch))
+
+    def expected_seconds(self, arch: Subnet, exit_rates: Sequence[float]) -> float:
+        """Predicted average seconds per image at batch ``B`` when the fractions ``exit_rates`` of the
+        images leave at the enabled exits of ``arch`` (:func:`~enas4d.search.calibrate.expected_cost`)."""
+        return expected_cost(exit_rates, self._cumulative(arch, self(arch)), self.exit_call_seconds(arch))
 
 
 # ------------------------------------------------------------------------------------ profiling
@@ -336,6 +453,7 @@ class ProfileSettings:
     """How :func:`profile_supernet` measures (see conf/profile.yaml for each field)."""
 
     batch_size: int = 64  # the chosen batch size, profiled next to batch 1
+    sub_batch_sizes: tuple[int, ...] | None = None  # smaller ones for the per-call fit; None: B/32, B/8 (>= 2)
     threads: int = 1  # torch intra-op threads while timing
     archs: int = 32  # architectures timed: the largest, the smallest and random ones
     holdout: float = 0.25  # fraction of them held out to report the fit error
@@ -359,11 +477,25 @@ class ProfileSettings:
             raise LatencyError(f"clock: {self.clock!r} not allowed; allowed values: {list(CLOCKS)}")
         if self.runtime not in RUNTIMES:
             raise LatencyError(f"runtime: {self.runtime!r} not allowed; allowed values: {list(RUNTIMES)}")
+        subs = self.sub_batch_sizes
+        if subs is not None and (isinstance(subs, (str, bytes)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v < self.batch_size for v in subs)):
+            shown = list(subs) if isinstance(subs, tuple) else subs
+            raise LatencyError(f"sub_batch_sizes: {shown!r} not allowed; allowed values: a list of integers from 1 "
+                               f"to batch_size - 1 ({self.batch_size - 1}), [] for none, or null "
+                               "(batch_size/32 and batch_size/8, at least 2)")
+
+    @property
+    def sub_batches(self) -> tuple[int, ...]:
+        """The batch sizes between 1 and the chosen one timed for the per-call fit."""
+        B = self.batch_size
+        subs = {max(2, B // 32), max(2, B // 8)} if self.sub_batch_sizes is None else set(self.sub_batch_sizes)
+        return tuple(sorted(b for b in subs if 1 < b < B))
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
-        """Batch 1 and the chosen batch size."""
-        return tuple(sorted({1, self.batch_size}))
+        """Batch 1, the sub-batch sizes and the chosen batch size."""
+        return tuple(sorted({1, *self.sub_batches, self.batch_size}))
 
 
 def machine_info() -> dict[str, Any]:
@@ -478,7 +610,7 @@ def profile_supernet(net: nn.Module, supernet: Mapping[str, Any], space_cfg: Map
         gen = make_generator(st.seed, 8)
         inputs = {b: torch.rand(b, int(net.in_chans), image_size, image_size, generator=gen)
                   for b in st.batch_sizes}
-        records = []
+        records, layouts = [], {}
         for i, s in enumerate(archs):
             t0 = time.perf_counter()
             feats = stage_features(net, s)
@@ -486,17 +618,20 @@ def profile_supernet(net: nn.Module, supernet: Mapping[str, Any], space_cfg: Map
             with net.bn_unchecked():  # timing only: whose BatchNorm statistics it holds does not matter
                 static = net.extract(s)
             model = build_early_exit(static, mean, std, [0.0] * num_exits, int(net.num_classes))
+            for b in st.batch_sizes:  # the memory layout the runner gives a batch of b images
+                cl = model.channels_last_min_batch
+                layouts.setdefault(str(b), set()).add("channels_last" if 0 < cl <= b else "contiguous")
             times = time_exits(_runner(model, st.runtime), num_exits, inputs, st)
             records.append({"subnet": s.to_dict(), "features": {"body": feats.body.tolist(),
                                                                 "head": feats.head.tolist()},
                             "seconds": {str(b): v for b, v in times.items()}})
             log(f"profile: {i + 1}/{len(archs)} exits {num_exits}, last exit "
-                + ", ".join(f"{1e3 * times[b][-1]:.3f} ms/image at batch {b}" for b in st.batch_sizes)
+                + ", ".join(f"{1e6 * times[b][-1]:.1f} us/image at batch {b}" for b in st.batch_sizes)
                 + f" ({time.perf_counter() - t0:.1f}s)")
     finally:
         torch.set_num_threads(old_threads)
     fitted = fit_records(records, st.batch_sizes, st.holdout, st.seed)
-    return {
+    data = {
         "format": PROFILE_FORMAT,
         "version": PROFILE_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -513,6 +648,9 @@ def profile_supernet(net: nn.Module, supernet: Mapping[str, Any], space_cfg: Map
         "checkpoint_sha256": None if checkpoint is None else file_digest(checkpoint),
         "image_size": int(image_size),
         "batch_sizes": list(st.batch_sizes),
+        "sub_batch_sizes": list(st.sub_batches),
+        # memory layout of each batch size in the runner ("mixed": differs between architectures)
+        "layouts": {b: v.pop() if len(v) == 1 else "mixed" for b, v in layouts.items()},
         "features": {"body": list(BODY_FEATURES), "head": list(HEAD_FEATURES)},
         "models": fitted["models"],
         "fit": fitted["fit"],
@@ -521,6 +659,9 @@ def profile_supernet(net: nn.Module, supernet: Mapping[str, Any], space_cfg: Map
         "measurements": records,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    # The per-call model at the chosen batch size against the measurements it comes from.
+    data["call_fit"] = call_fit_errors(DeviceProfile.from_json(data))
+    return data
 
 
 def fit_records(records: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int], holdout: float,
@@ -556,6 +697,35 @@ def fit_records(records: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int]
     return {"models": models, "fit": fit}
 
 
+def call_fit_errors(profile: DeviceProfile, batch_size: int | None = None) -> dict[str, Any]:
+    """How closely the per-call model at ``batch_size`` (None: the profile's) reproduces the profile's
+    own measurements at the batch sizes it is fitted from: per batch size ``m``, the relative errors of
+    the predicted cumulative latency of every exit of every timed architecture, each stage charged
+    ``a_k / m + b_k`` per image. At ``B`` itself these are the batch-``B`` fit's training errors.
+
+    Returns ``{"batch_size", "batch_sizes", "note", "errors": {m: {"mean_abs", "max_abs", "bias", "rows"}}}``.
+    """
+    fit = profile.call_fit(batch_size)
+    B = fit.batch_size
+    pred: dict[int, list[float]] = {m: [] for m in fit.batch_sizes}
+    meas: dict[int, list[float]] = {m: [] for m in fit.batch_sizes}
+    for rec in profile.data.get("measurements") or []:
+        f = StageFeatures(np.asarray(rec["features"]["body"]), np.asarray(rec["features"]["head"]))
+        per = {m: profile.models[m].stage_seconds(f) for m in fit.batch_sizes}
+        body_a, body_b = fit_per_call({m: v[0] for m, v in per.items()}, B)
+        head_a, head_b = fit_per_call({m: v[1] for m, v in per.items()}, B)
+        for m in fit.batch_sizes:
+            acc = 0.0
+            for k, on in enumerate(rec["subnet"]["exits"]):
+                acc += body_a[k] / m + body_b[k] + ((head_a[k] / m + head_b[k]) if on else 0.0)
+                if on:
+                    pred[m].append(acc)
+            meas[m] += [float(v) for v in rec["seconds"][str(m)]]
+    return {"batch_size": B, "batch_sizes": list(fit.batch_sizes), "note": fit.note,
+            "errors": {str(m): _rel_errors(np.array(pred[m]), np.array(meas[m])) for m in fit.batch_sizes
+                       if meas[m]}}
+
+
 # --------------------------------------------------------------------------- predicted vs measured
 def predicted_vs_measured(profile: str | os.PathLike | DeviceProfile, export_meta: Mapping[str, Any],
                           exit_rates: Sequence[float], measured_seconds: float, batch_size: int) -> dict[str, Any]:
@@ -568,29 +738,34 @@ def predicted_vs_measured(profile: str | os.PathLike | DeviceProfile, export_met
         measured_seconds: measured average seconds per image at ``batch_size``.
         batch_size: images per call of the measurement; must be a profiled batch size.
 
-    Returns ``{"batch_size", "predicted", "measured", "ratio" (measured / predicted), "exit_latency"
-    (predicted cumulative seconds per enabled exit), "device_profile", "device_profile_sha256",
-    "same_machine"}``. Raises LatencyError (naming the argument) for a profile of another supernet,
-    an unprofiled batch size or a wrong number of exit rates.
+    The prediction is the per-call model's at ``batch_size`` (:class:`LatencyCosts`, the numbers
+    the search calibrates with). Returns ``{"batch_size", "predicted", "measured", "ratio" (measured /
+    predicted), "exit_latency" (predicted cumulative seconds per enabled exit when every image leaves
+    there), "exit_call_latency" (its per-call part), "call_fit" (the batch sizes the per-call fit used
+    and a note when it is a fallback), "device_profile", "device_profile_sha256", "same_machine"}``.
+    Raises LatencyError (naming the argument) for a profile of another supernet, an unprofiled batch
+    size or a wrong number of exit rates.
     """
     from enas4d.checkpoint import build_supernet
 
     prof = profile if isinstance(profile, DeviceProfile) else DeviceProfile.load(profile, field="profile")
     prof.check_supernet(export_meta["supernet"], export_meta["space"], field="profile")
-    model = prof.model(batch_size, field="batch_size")
+    prof.model(batch_size, field="batch_size")
     net = build_supernet(dict(export_meta["supernet"])).eval()  # shapes only: weights do not matter
     s = net.space.from_dict(export_meta["subnet"])
-    exits = model.exit_seconds(stage_features(net, s), s.exits)
+    costs = LatencyCosts(net, prof, batch_size, field="batch_size")
+    exits = costs.exit_seconds(s)
     rates = [float(r) for r in exit_rates]
     if len(rates) != len(exits) or abs(sum(rates) - 1.0) > 1e-6:
         raise LatencyError(f"exit_rates: expected {len(exits)} fractions (one per enabled exit) summing to 1, "
                            f"got {rates}")
-    predicted = float(np.dot(rates, exits))
+    predicted = costs.expected_seconds(s, rates)
     here = machine_info()
     same = all(prof.data["machine"].get(k) == here[k] for k in ("hostname", "cpu", "cpu_count")) \
         and prof.data["torch"] == torch.__version__
     return {"batch_size": int(batch_size), "predicted": predicted, "measured": float(measured_seconds),
             "ratio": float(measured_seconds) / predicted, "exit_latency": [float(v) for v in exits],
+            "exit_call_latency": costs.exit_call_seconds(s), "call_fit": costs.fit.to_dict(),
             "device_profile": prof.path, "device_profile_sha256": prof.sha256, "same_machine": same}
 
 
