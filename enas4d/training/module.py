@@ -100,6 +100,8 @@ class SupernetModule(pl.LightningModule):
             (the static source on the from_static path), else in-place from the largest subnet;
             ``"none"``: in-place distillation only.
         teacher_net: a frozen network whose last output is the teacher's logits (kept in eval mode).
+        frozen: parameter name (in ``net``) -> bool mask of entries that every optimizer step leaves
+            as they were at the first step (a grown S2DNAS supernet's static stage), or None.
         calibration_images: images of the fixed calibration subset used before every evaluation.
         calibration_batch_size: batch size of BN calibration (None: the datamodule's eval batch size).
         seed: base seed of subnet sampling.
@@ -110,7 +112,8 @@ class SupernetModule(pl.LightningModule):
                  exit_weights: Sequence[float] | None = None, label_smoothing: float = 0.1,
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, weight_decay: float = 5e-5,
                  shrinking: Sequence[dict[str, Any]] | None = None, grad_clip_norm: float | None = None,
-                 teacher: str = "auto", teacher_net: torch.nn.Module | None = None, calibration_images: int = 2000, calibration_batch_size: int | None = None, seed: int = 0):
+                 teacher: str = "auto", teacher_net: torch.nn.Module | None = None, calibration_images: int = 2000, calibration_batch_size: int | None = None, seed: int = 0,
+                 frozen: dict[str, Tensor] | None = None):
         super().__init__()
         K = net.num_stages
         weights = [1.0] * K if exit_weights is None else [float(w) for w in exit_weights]
@@ -134,6 +137,12 @@ class SupernetModule(pl.LightningModule):
         self.teacher_net = teacher_net if teacher == "auto" else None
         if self.teacher_net is not None:
             self.teacher_net.requires_grad_(False)
+        params = dict(net.named_parameters())
+        unknown = sorted(set(frozen or {}) - set(params))
+        if unknown:
+            raise ValueError(f"frozen: {unknown[0]!r} is not a parameter of the network")
+        self.frozen = dict(frozen or {})
+        self._frozen_values: dict[str, Tensor] | None = None  # taken at the first step (after a resume's restore)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_meta = dict(data_meta)
         self.exit_weights = weights
@@ -203,11 +212,13 @@ class SupernetModule(pl.LightningModule):
         subnets = self.sampler.sample(step, self._progress())
         total, losses = self.sandwich_loss(x, y, subnets)
         opt = self.optimizers()
+        self._record_frozen()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(total)  # the step's only backward: one all-reduce per bucket under DDP
         if self.grad_clip_norm is not None:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()
+        self._restore_frozen()
         self.net.set_bn_subnet(None)  # the weights moved: the BatchNorm statistics are nobody's now
         sch = self.lr_schedulers()
         if sch is not None:
@@ -227,6 +238,24 @@ class SupernetModule(pl.LightningModule):
                           "subnets": subnets, "loss": total.detach(),
                           "losses": [v.detach() for v in losses]}
         return total
+
+    @torch.no_grad()
+    def _restore_frozen(self) -> None:
+        """Put the frozen entries back (the optimizer's update, weight decay and momentum included)."""
+        if not self.frozen:
+            return
+        params = dict(self.net.named_parameters())
+        for name, mask in self.frozen.items():
+            p = params[name]
+            p[mask.to(p.device)] = self._frozen_values[name]
+
+    @torch.no_grad()
+    def _record_frozen(self) -> None:
+        """Record the frozen entries' values, once, before the first optimizer step (on a resume the
+        checkpoint's weights are loaded by then: the frozen entries never changed)."""
+        if self.frozen and self._frozen_values is None:
+            params = dict(self.net.named_parameters())
+            self._frozen_values = {n: params[n][m.to(params[n].device)].clone() for n, m in self.frozen.items()}
 
     def _attached_trainer(self) -> "pl.Trainer | None":
         """The Trainer this module is attached to, or None (the public ``trainer`` raises without one;

@@ -41,7 +41,7 @@ from enas4d.models.blocks import MSBlock
 from enas4d.models.supernet import MultiStageSupernet, NetSpec
 from enas4d.nn.layers import MSBatchNorm2d, MSConv2d, offsets
 
-__all__ = ["TransformError", "channel_importance", "from_static", "sort_channels"]
+__all__ = ["TransformError", "channel_importance", "from_static", "grown_static_masks", "sort_channels"]
 
 
 class TransformError(ValueError):
@@ -274,3 +274,27 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
     net.load_state_dict(new_state)
     net.set_subnet(net.space.largest())
     return net  # in training mode, as a new module
+
+
+def grown_static_masks(net: MultiStageSupernet) -> dict[str, Tensor]:
+    """Parameter name -> bool mask of the entries that hold the static network in a grown supernet
+    (the last slice's rows of every body layer: its convolutions and BatchNorm affine parameters).
+    Fine-tuning with these fixed keeps the last stage the static network (the exit head still learns)."""
+    spec = net.spec
+    K = net.num_stages
+    if spec.reads_from is None or spec.reads_from[-1] != K - 1 or K < 2:
+        raise TransformError("supernet.freeze_static: only a grown supernet (supernet.grow) has a static "
+                             "stage to keep; allowed with grow, or false")
+    masks: dict[str, Tensor] = {}
+    for name, m in net.named_modules():
+        if not name.startswith(("stem", "blocks")):
+            continue
+        if isinstance(m, MSConv2d):
+            mask = torch.zeros_like(m.weight, dtype=torch.bool)
+            mask[offsets(m.out_chs)[-1]:] = True
+            masks[f"{name}.weight"] = mask
+        elif isinstance(m, MSBatchNorm2d):
+            mask = torch.zeros_like(m.weight, dtype=torch.bool)
+            mask[offsets(m.chs)[-1]:] = True
+            masks[f"{name}.weight"] = masks[f"{name}.bias"] = mask
+    return masks

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from enas4d.checkpoint import CheckpointError, load_supernet
 from enas4d.models import create_supernet, list_supernets
 from enas4d.transform.graph import graph_from_static
-from enas4d.transform.s2dnas import TransformError, from_static
+from enas4d.transform.s2dnas import TransformError, from_static, grown_static_masks
 
 __all__ = ["GRAPH_KINDS", "StaticTeacher", "build_source_model", "load_static", "static_names",
            "transformed_from_config"]
@@ -196,3 +196,17 @@ def transformed_from_config(cfg: Any, num_classes: int, in_chans: int,
     for p in static.parameters():
         p.requires_grad_(False)
     return net, static
+
+
+def frozen_from_config(cfg: Any, net: nn.Module) -> dict[str, Tensor] | None:
+    """The parameter entries fine-tuning keeps fixed (``supernet.freeze_static``; null: the static
+    stage of a grown supernet, nothing for a split one)."""
+    freeze = cfg.get("freeze_static")
+    if freeze is None:
+        freeze = cfg.get("grow") is not None
+    if not freeze:
+        return None
+    if cfg.get("grow") is None:
+        raise TransformError("supernet.freeze_static=true not allowed without supernet.grow: a split network "
+                             "has no stage that is the static network; allowed: false or null")
+    return grown_static_masks(net)

@@ -198,3 +198,22 @@ def test_grow_seeds_the_new_stages_with_the_leading_static_channels():
     assert torch.equal(net.heads[0].classifier.weight, ordered.heads[0].classifier.weight[:, :32])  # 64 x 0.5
     fresh = from_static(static, num_stages=3, grow=(0.75, 0.5))  # 1.25 > 1: new stages start fresh
     assert not torch.equal(fresh.blocks[4].convs[0].weight[:20, :20], s_conv.weight[:20, :20])
+
+
+def test_freeze_static_needs_a_grown_supernet():
+    from omegaconf import OmegaConf
+
+    from enas4d.transform.sources import frozen_from_config
+
+    static = _static("resnet20_static")
+    split = from_static(static, num_stages=3)
+    with pytest.raises(TransformError, match="only a grown supernet"):
+        from enas4d.transform.s2dnas import grown_static_masks
+        grown_static_masks(split)
+    cfg = OmegaConf.create({"grow": None, "freeze_static": True})
+    with pytest.raises(TransformError, match="supernet.freeze_static=true not allowed without supernet.grow"):
+        frozen_from_config(cfg, split)
+    assert frozen_from_config(OmegaConf.create({"grow": None, "freeze_static": None}), split) is None
+    grown = from_static(static, num_stages=3, grow=(0.5, 0.25))
+    masks = frozen_from_config(OmegaConf.create({"grow": [0.5, 0.25], "freeze_static": None}), grown)
+    assert masks["stem.weight"][:12].sum() == 0 and bool(masks["stem.weight"][12:].all())  # 8 + 4 new, 16 static

@@ -32,6 +32,21 @@ def test_static_then_from_static(tmp_path):
         assert torch.equal(module.teacher_net(x)[-1], static(x)[-1])
     assert "val/max/exit3" in metrics and "val/min/exit1" in metrics
 
+    # Grown instead of split: fine-tuning keeps the static stage (freeze_static defaults to true with grow).
+    grow_dir = tmp_path / "grow"
+    _, g_objects = train(compose_train(grow_dir, "supernet=from_static", f"supernet.weights={ckpt}",
+                                       "supernet.num_stages=3", "supernet.grow=[0.5,0.25]", "supernet.depths=[1,3]"))
+    grown = g_objects["module"].net
+    start = from_static(static, 3, grow=(0.5, 0.25), width_mults=(0.5, 0.75, 1.0), depths=(1, 3))
+    assert set(g_objects["module"].frozen) and g_objects["module"].last_step is not None
+    for name, p in grown.named_parameters():
+        before = dict(start.named_parameters())[name]
+        if name in g_objects["module"].frozen:
+            mask = g_objects["module"].frozen[name]
+            assert torch.equal(p.detach()[mask], before.detach()[mask]), name  # the static stage: unchanged
+    conv = "blocks.0.convs.0.weight"
+    assert not torch.equal(dict(grown.named_parameters())[conv][:8], dict(start.named_parameters())[conv][:8])
+
     # The checkpoint rebuilds the transformed supernet (it has no registered name) from its NetSpec.
     net, meta = load_supernet(fs_dir / "checkpoints" / "last.ckpt")
     assert net.name == "resnet20_static-s2dnas" and net.num_stages == 3
