@@ -12,8 +12,8 @@ is the importable function; :func:`main` the thin Hydra entry point. Settings: c
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from enas4d.export.exporter import (DataInfo, ExportError, check_out_dir, export
                                     remove_stale_temps)
 from enas4d.export.metrics import to_unit
 from enas4d.export.report import exit_table
+from enas4d.search.result import SearchResult
 from enas4d.space import InvalidSubnetError
 from enas4d.utils import rebatch
 from enas4d.utils.cli import CONF_DIR, one_line_errors, positive_int
@@ -53,16 +54,13 @@ def _file_state(path: str) -> tuple[int, ...] | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def check_checkpoint_digest(ckpt: str, res: dict[str, Any], allow_other: bool, console: Console) -> str | None:
+def check_checkpoint_digest(ckpt: str, res: SearchResult, allow_other: bool, console: Console) -> str | None:
     """sha256 of ``ckpt``, refused (ExportError) if it is not the one the search recorded in ``res``.
 
     None when there is no file (loading it then gives the clear error). A result without
     ``checkpoint_sha256`` (from an older enas4d-search) is accepted with a warning.
     """
-    expected = res.get("checkpoint_sha256")
-    if expected is not None and not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{64}", expected)):
-        raise ExportError(f"result: checkpoint_sha256={expected!r} is not allowed; allowed values: a sha256 "
-                          "digest of 64 lowercase hex digits (as enas4d-search writes it)")
+    expected = res.checkpoint_sha256  # its form is checked when the result is read
     if not os.path.isfile(ckpt):
         return None
     digest = file_digest(ckpt)
@@ -107,7 +105,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
     remove_stale_temps(out)
     check_out_dir(out.resolve(), bool(cfg.overwrite), [Path(result_path)] + ([Path(str(cfg.ckpt))] if cfg.ckpt else []))
     res = load_result(result_path)
-    searched_ckpt = res.get("checkpoint")  # the search's checkpoint: the default, and a mismatch caught early
+    searched_ckpt = res.checkpoint  # the search's checkpoint: the default, and a mismatch caught early
     ckpt = str(cfg.ckpt) if cfg.ckpt is not None else searched_ckpt
     if ckpt is None:
         raise ExportError("ckpt: not given and the result names no checkpoint; pass ckpt=PATH")
@@ -128,13 +126,15 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
         dm = build_datamodule(meta, dict(overrides))
     except CheckpointError as e:
         raise ExportError(str(e)) from e
-    searched_bn = choice.info.get("bn") or {}
-    bn_images = int(cfg.bn.images if cfg.bn.images is not None else searched_bn.get("images", DEFAULT_BN_IMAGES))
+    searched_bn = res.bn  # None from a version-1 result without it: the search's defaults
+    bn_images = int(cfg.bn.images if cfg.bn.images is not None
+                    else DEFAULT_BN_IMAGES if searched_bn is None else searched_bn.images)
     bn_batch = int(cfg.bn.batch_size if cfg.bn.batch_size is not None
-                   else searched_bn.get("batch_size", DEFAULT_BN_BATCH_SIZE))
-    if searched_bn and (bn_images, bn_batch) != (searched_bn.get("images"), searched_bn.get("batch_size")):
+                   else DEFAULT_BN_BATCH_SIZE if searched_bn is None else searched_bn.batch_size)
+    if searched_bn is not None and (bn_images, bn_batch) != (searched_bn.images, searched_bn.batch_size):
         console.print(f"export: warning: BatchNorm re-estimated on {bn_images} images in batches of {bn_batch}, the "
-                      f"search used {searched_bn}; the exported model is not exactly the network it scored")
+                      f"search used {dataclasses.asdict(searched_bn)}; the exported model is not exactly the network "
+                      "it scored")
     calib = CalibrationSet(dm.calibration_dataloader(num_images=bn_images, batch_size=bn_batch))
     # The first validation images, for the equivalence checks.
     first = next(rebatch(dm.val_dataloader(), int(cfg.check_images)), None)
@@ -157,7 +157,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
     if val_report is not None:
         console.print(exit_table(result, val_report, title=f"exported model on {val_report['num_images']} "
                                                            "validation images"))
-        searched = choice.info.get("val_accuracy")
+        searched = res.val_accuracy
         if searched is not None and abs(searched - val_report["accuracy"]) > 1e-9:
             console.print(f"[yellow]export: validation accuracy {val_report['accuracy']:.4f} differs from the "
                           f"search's {searched:.4f} (other bn settings or data than the search used?)[/yellow]")

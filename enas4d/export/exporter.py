@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import re
 import shutil
@@ -44,6 +43,8 @@ from enas4d.export.report import pct
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
 from enas4d.search.budget import format_macs, format_seconds
+from enas4d.search import result as search_result
+from enas4d.search.result import ResultError, SearchResult
 from enas4d.utils.files import make_temp_dir, write_json
 from enas4d.space import InvalidSubnetError, Subnet
 
@@ -86,18 +87,10 @@ class SearchChoice:
 def check_thresholds(values: Sequence[Any]) -> list[float]:
     """``values`` as floats, each a number in [0, 1] (where every confidence measure lies).
 
-    Raises ExportError naming the entry for a string, a bool, NaN or a value outside [0, 1].
+    Raises ExportError naming the entry for a string, a bool, NaN or a value outside [0, 1]
+    (the rule of :func:`enas4d.search.result.check_thresholds`).
     """
-    out = []
-    for i, v in enumerate(values):
-        try:
-            f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
-        except (TypeError, ValueError):
-            f = math.nan
-        if not 0.0 <= f <= 1.0:  # False for NaN
-            raise ExportError(f"thresholds[{i}]={v!r} is not allowed; allowed values: numbers in [0, 1]")
-        out.append(f)
-    return out
+    return search_result.check_thresholds(values, ExportError)
 
 
 def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
@@ -119,67 +112,43 @@ def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
     return nums[:-1] + [0.0]
 
 
-def load_result(path: str | os.PathLike) -> dict[str, Any]:
-    """The content of a search ``result.json`` (a JSON object with at least subnet and thresholds)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ExportError(f"result: no result file at {path!r}")
+def load_result(path: str | os.PathLike) -> SearchResult:
+    """The search result in the file ``path`` (:func:`enas4d.search.result.load_result`), ExportError if wrong."""
     try:
-        with open(path) as f:
-            res = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"result: {path!r} is not readable JSON ({e})") from e
-    if not isinstance(res, dict) or not {"subnet", "thresholds"} <= set(res):
-        got = sorted(res) if isinstance(res, dict) else type(res).__name__
-        raise ExportError(f"result: {path!r} needs the keys ['subnet', 'thresholds'], got {got}")
-    return res
+        return search_result.load_result(path)
+    except ResultError as e:
+        raise ExportError(str(e)) from None
 
 
-def read_result(path: str | os.PathLike, net: MultiStageSupernet, res: dict[str, Any] | None = None) -> SearchChoice:
-    """Read a search ``result.json`` and check it belongs to ``net``'s supernet and search space.
+def read_result(path: str | os.PathLike, net: MultiStageSupernet, res: SearchResult | None = None) -> SearchChoice:
+    """Read a search ``result.json`` and check its subnet belongs to ``net``'s search space.
 
     ``res``: the file's content when already read by :func:`load_result` (the file is not read again).
     """
     path = os.fspath(path)
     if res is None:
         res = load_result(path)
-    sn = res.get("supernet")  # optional: searchers may record what they searched
-    if isinstance(sn, dict) and "name" in sn and (sn["name"], sn.get("num_stages", net.num_stages)) != \
-            (net.name, net.num_stages):
-        raise ExportError(f"result: {path!r} was searched on supernet {sn['name']!r} with "
-                          f"{sn.get('num_stages')} stages, the checkpoint holds {net.name!r} with "
-                          f"{net.num_stages}")
-    if "space" in res and res["space"] != net.space.to_config():
-        raise ExportError(f"result: {path!r} was searched in another search space than the checkpoint's "
-                          f"supernet {net.name!r}")
     try:
-        subnet = net.space.from_dict(res["subnet"])
+        subnet = net.space.from_dict(res.subnet)
     except (InvalidSubnetError, KeyError, TypeError, ValueError) as e:
         raise ExportError(f"result: the subnet in {path!r} does not belong to the search space of supernet "
                           f"{net.name!r} ({net.num_stages} stages): {e}") from e
-    if "exit_stages" in res and list(res["exit_stages"]) != [k for k, on in enumerate(subnet.exits) if on]:
-        raise ExportError(f"result: exit_stages {res['exit_stages']} disagree with the subnet's exits "
+    if res.exit_stages is not None and res.exit_stages != [k for k, on in enumerate(subnet.exits) if on]:
+        raise ExportError(f"result: exit_stages {res.exit_stages} disagree with the subnet's exits "
                           f"{list(subnet.exits)} in {path!r}")
-    if "confidence" not in res:
-        raise ExportError(f"result: {path!r} does not say which confidence its thresholds apply to "
-                          f"(key 'confidence', one of {list(CONFIDENCES)})")
-    if res["confidence"] not in CONFIDENCES:
-        raise ExportError(f"result: confidence {res['confidence']!r} is not supported; allowed values: "
+    if res.confidence not in CONFIDENCES:
+        raise ExportError(f"result: confidence {res.confidence!r} is not supported; allowed values: "
                           f"{list(CONFIDENCES)}")
     keep = ("val_accuracy", "expected_macs", "budget", "budget_unit", "expected_latency", "exit_rates", "exit_macs",
             "num_val_images", "bn")
-    return SearchChoice(subnet, exit_thresholds(subnet, res["thresholds"]), str(res["confidence"]),
-                        {k: res[k] for k in keep if k in res}, latency_info(res, sum(subnet.exits), path))
+    data = res.to_dict()
+    return SearchChoice(subnet, exit_thresholds(subnet, res.thresholds), res.confidence,
+                        {k: data[k] for k in keep if k in data}, latency_info(res, sum(subnet.exits), path))
 
 
-def _positive(value: Any) -> bool:
-    """Whether ``value`` is a positive finite number (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json") -> dict[str, Any] | None:
-    """The search's latency prediction from a ``result.json`` (None when it searched without a device
-    profile), as ``subnet.json`` records it under ``latency``.
+def latency_info(res: SearchResult, num_exits: int, path: str = "result.json") -> dict[str, Any] | None:
+    """The search's latency prediction (None when it searched without a device profile), as
+    ``subnet.json`` records it under ``latency``.
 
     Keys: ``budget_unit`` (``"seconds"``: a latency budget; ``"macs"``: a MAC budget with a profile),
     ``budget`` (seconds per image, None for a MAC budget), ``expected`` (predicted average seconds per
@@ -190,47 +159,30 @@ def latency_info(res: dict[str, Any], num_exits: int, path: str = "result.json")
     it was fitted from, and a note when that was a fallback), ``batch_size`` (the profile's batch size
     the prediction is for),
     ``device_profile`` and ``device_profile_sha256`` (the profile file and its content hash), and
-    the profile's ``machine``, ``torch``, ``threads``, ``clock`` and ``runtime``. ExportError
-    naming the field for a malformed block.
+    the profile's ``machine``, ``torch``, ``threads``, ``clock`` and ``runtime``. The block's values
+    are checked when the result is read (:class:`~enas4d.search.result.LatencyPrediction`); here,
+    ExportError when its per-exit lists do not have one entry per enabled exit of the subnet.
     """
-    lat = res.get("latency")
+    lat = res.latency
     if lat is None:
         return None
 
     def bad(field: str, allowed: str) -> ExportError:
-        value = lat.get(field) if isinstance(lat, dict) else lat
-        return ExportError(f"result: latency{'.' + field if field else ''}={value!r} in {path!r} is not allowed; "
+        return ExportError(f"result: latency.{field}={getattr(lat, field)!r} in {path!r} is not allowed; "
                            f"allowed values: {allowed}")
 
-    if not isinstance(lat, dict):
-        raise bad("", "an object (as enas4d-search writes it) or null")
-    if not _positive(lat.get("expected")):
-        raise bad("expected", "seconds per image > 0")
-    b = lat.get("batch_size")
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise bad("batch_size", "integers >= 1")
-    exits = lat.get("exit_latency")
-    if not isinstance(exits, list) or len(exits) != num_exits or not all(_positive(v) for v in exits):
+    if len(lat.exit_latency) != num_exits:
         raise bad("exit_latency", f"{num_exits} cumulative seconds per image > 0, one per enabled exit")
-    calls = lat.get("exit_call_latency")
-    if calls is not None and (not isinstance(calls, list) or len(calls) != num_exits or not all(
-            (_positive(c) or c == 0) and not isinstance(c, bool) and c <= t for c, t in zip(calls, exits))):
+    calls = lat.exit_call_latency
+    if calls is not None and (len(calls) != num_exits or any(c > t for c, t in zip(calls, lat.exit_latency))):
         raise bad("exit_call_latency", f"{num_exits} seconds per image >= 0, each at most its exit_latency, or null")
-    if lat.get("budget") is not None and not _positive(lat["budget"]):
-        raise bad("budget", "seconds per image > 0, or null")
-    for field in ("device_profile", "device_profile_sha256"):
-        if lat.get(field) is not None and not isinstance(lat[field], str):
-            raise bad(field, "a string or null")
-    unit = res.get("budget_unit", "seconds" if lat.get("budget") is not None else "macs")
-    if unit not in ("macs", "seconds"):
-        raise ExportError(f"result: budget_unit={unit!r} in {path!r} is not allowed; allowed values: "
-                          "['macs', 'seconds']")
-    return {"budget_unit": unit, "budget": lat.get("budget"), "expected": float(lat["expected"]),
-            "exit_latency": [float(v) for v in exits],
-            "exit_call_latency": None if calls is None else [float(v) for v in calls],
-            "call_fit": lat.get("call_fit") if isinstance(lat.get("call_fit"), dict) else None, "batch_size": b,
-            "device_profile": lat.get("device_profile"), "device_profile_sha256": lat.get("device_profile_sha256"),
-            **{k: lat.get(k) for k in ("machine", "torch", "threads", "clock", "runtime")}}
+    unit = res.budget_unit or ("seconds" if lat.budget is not None else "macs")
+    return {"budget_unit": unit, "budget": lat.budget, "expected": lat.expected,
+            "exit_latency": list(lat.exit_latency), "exit_call_latency": None if calls is None else list(calls),
+            "call_fit": lat.call_fit, "batch_size": lat.batch_size,
+            "device_profile": lat.device_profile, "device_profile_sha256": lat.device_profile_sha256,
+            "machine": lat.machine, "torch": lat.torch, "threads": lat.threads, "clock": lat.clock,
+            "runtime": lat.runtime}
 
 
 # ----------------------------------------------------------------------------- output folder

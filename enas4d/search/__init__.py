@@ -5,6 +5,8 @@
 - :mod:`~enas4d.search.evolution`: evolution and random search over architectures.
 - :mod:`~enas4d.search.policy_gradient`: the S2DNAS searcher, an LSTM controller trained by REINFORCE.
 - :mod:`~enas4d.search.predictor`: optional MLP accuracy predictor (pre-screening, Kendall tau).
+- :mod:`~enas4d.search.config`: its settings, typed and checked (:class:`~enas4d.search.config.SearchConfig`).
+- :mod:`~enas4d.search.result`: what it writes to ``result.json`` (:class:`~enas4d.search.result.SearchResult`).
 - :mod:`~enas4d.search.cli`: the ``enas4d-search`` Hydra app (:func:`~enas4d.search.cli.search`).
 """
 
@@ -14,7 +16,9 @@ from enas4d.search.calibrate import ExitTable, Policy, confidence, simulate, tra
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError
 from enas4d.search.evolution import EvolutionConfig, run_search
 from enas4d.search.policy_gradient import ControllerConfig
+from enas4d.search.config import SearchConfig
+from enas4d.search.result import SearchResult, load_result
 
 __all__ = ["Budget", "BudgetError", "parse_budget", "ExitTable", "Policy", "confidence", "simulate",
            "tradeoff", "CandidateEvaluator", "EvalCache", "SearchError", "EvolutionConfig", "run_search",
-           "ControllerConfig"]
+           "ControllerConfig", "SearchConfig", "SearchResult", "load_result"]

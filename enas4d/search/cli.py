@@ -12,7 +12,8 @@ changes.
 Everything is rebuilt from the checkpoint (supernet, weights, search space, and the datamodule
 with the training run's split and normalisation), so the search runs on the validation split
 the training held out and on nothing else. :func:`search` is the importable function; :func:`main`
-is the thin Hydra entry point. Settings: conf/search.yaml.
+is the thin Hydra entry point. Settings: conf/search.yaml, read once into a
+:class:`~enas4d.search.config.SearchConfig`; the result: :class:`~enas4d.search.result.SearchResult`.
 """
 
 from __future__ import annotations
@@ -29,24 +30,26 @@ from typing import Any, Callable
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from enas4d.checkpoint import CheckpointError, CheckpointMeta, build_datamodule, load_supernet
 from enas4d.models import MultiStageSupernet
-from enas4d.search.budget import BUDGET_HELP, Budget, BudgetError, format_macs, format_seconds, parse_budget
-from enas4d.search.calibrate import (CONFIDENCES, Policy, calibrate, cross_fit, exit_costs, forced_exit_costs,
-                                     min_cost, pareto_indices, simulate, tradeoff)
+from enas4d.search.budget import Budget, BudgetError, format_macs, format_seconds
+from enas4d.search.calibrate import (Policy, calibrate, cross_fit, exit_costs, forced_exit_costs, min_cost,
+                                     pareto_indices, simulate, tradeoff)
+from enas4d.search.config import NO_PROFILE, PredictorConfig, SearchConfig
 from enas4d.search.evaluator import CandidateEvaluator, EvalCache, SearchError, file_digest, fingerprint_name
 from enas4d.search.evolution import EvolutionConfig, Scored, best_first, run_search, scored_key
 from enas4d.search.latency import NS_PER_SECOND, DeviceProfile, LatencyCosts, LatencyError
 from enas4d.search.policy_gradient import ControllerConfig
 from enas4d.search.predictor import AccuracyPredictor, holdout_kendall_tau
 from enas4d.search.report import plot_pareto, print_summary, write_pareto_csv
+from enas4d.search.result import (BNSettings, Calibration, CrossFitted, LatencyPrediction, PredictorReport,
+                                  SearchResult, SearchRun, StaticBest)
 from enas4d.utils.cli import CONF_DIR, one_line_errors
 from enas4d.utils.device import resolve_device
-from enas4d.utils.files import write_json
 from enas4d.space import InvalidSubnetError, SearchSpace, Subnet
 from enas4d.nn.bn import CalibrationSet
 from enas4d.utils import rebatch
@@ -55,17 +58,6 @@ __all__ = ["CONF_DIR", "DynamicProblem", "StaticProblem", "build_datamodule", "s
 
 
 
-# Typed settings, checked before anything runs: name -> (smallest allowed value or None, null allowed).
-_INT_FIELDS: dict[str, tuple[int | None, bool]] = {
-    "evaluations": (1, False), "static_evaluations": (0, False), "population": (2, False), "max_tries": (1, False),
-    "seed": (None, False), "bn.images": (1, False), "bn.batch_size": (1, False), "eval_batch_size": (1, False),
-    "calibration_grid": (2, True), "front_levels": (1, False), "threads": (1, True),
-    "predictor.screen_factor": (1, False), "predictor.min_train": (2, False), "predictor.hidden": (1, False),
-    "predictor.epochs": (1, False), "controller.hidden": (1, False), "controller.samples": (1, False),
-    "latency_batch_size": (1, True)}
-_FLOAT_FIELDS = ("parents", "mutation_prob", "crossover_prob", "predictor.lr", "predictor.holdout", "controller.lr",
-                 "controller.entropy_weight", "controller.baseline_decay", "controller.cost_exponent")
-_BOOL_FIELDS = ("seed_largest", "progress", "predictor.enabled")
 # Per-stage costs of an architecture, (body, heads) in the budget's integer unit (MACs or nanoseconds).
 StageCosts = Callable[[Subnet], tuple[list[int], list[int]]]
 
@@ -132,65 +124,6 @@ def static_subnet(arch: Subnet) -> Subnet:
     return _apply_exits(arch, (False,) * (arch.num_stages - 1) + (True,))
 
 
-def _evolution_config(cfg: DictConfig, evaluations: int, stream: int = 0) -> EvolutionConfig:
-    """Algorithm settings from the config (ValueError names the bad field)."""
-    return EvolutionConfig(algorithm=str(cfg.algorithm), evaluations=evaluations, population=int(cfg.population),
-                           parents=float(cfg.parents), mutation_prob=float(cfg.mutation_prob),
-                           crossover_prob=float(cfg.crossover_prob), seed=int(cfg.seed),
-                           max_tries=int(cfg.max_tries), stream=stream, seed_largest=bool(cfg.seed_largest))
-
-
-def _controller_config(cfg: DictConfig) -> ControllerConfig:
-    """policy_gradient's controller settings from the config (ValueError names the bad field)."""
-    c = cfg.controller
-    return ControllerConfig(hidden=int(c.hidden), lr=float(c.lr), entropy_weight=float(c.entropy_weight),
-                            baseline_decay=float(c.baseline_decay), cost_exponent=float(c.cost_exponent),
-                            samples=int(c.samples))
-
-
-def _check_config(cfg: DictConfig) -> None:
-    """Fail at once, with the field's name, on settings that would fail later."""
-    if cfg.confidence not in CONFIDENCES:
-        raise SearchError(f"confidence: {cfg.confidence!r} not allowed; allowed values: {list(CONFIDENCES)}")
-    if not 0 <= float(cfg.predictor.holdout) < 1:
-        raise SearchError(f"predictor.holdout: must be in [0, 1), got {cfg.predictor.holdout}")
-    try:
-        _evolution_config(cfg, int(cfg.evaluations))
-        _controller_config(cfg)
-    except ValueError as e:
-        raise SearchError(str(e)) from e
-
-
-def _check_inputs(cfg: DictConfig) -> None:
-    """Mandatory values present and every typed setting of the right type (one-line SearchError naming it)."""
-    if OmegaConf.is_missing(cfg, "ckpt") or cfg.ckpt is None or not str(cfg.ckpt).strip():
-        raise SearchError("ckpt: missing; give the training checkpoint to search, "
-                          "e.g. ckpt=outputs/demo/train/checkpoints/last.ckpt")
-    if OmegaConf.is_missing(cfg, "budget") or cfg.budget is None:
-        raise BudgetError(f"budget: missing; {BUDGET_HELP}")
-    if cfg.device_profile is not None and (not isinstance(cfg.device_profile, str) or not cfg.device_profile.strip()):
-        raise LatencyError(f"device_profile: {cfg.device_profile!r} not allowed; allowed values: the path of an "
-                           "enas4d-profile profile.json, or null")
-    for name, (low, nullable) in _INT_FIELDS.items():
-        value = OmegaConf.select(cfg, name)
-        allowed = "integers" + ("" if low is None else f" >= {low}") + (" or null" if nullable else "")
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SearchError(f"{name}: {value!r} is not an integer; allowed values: {allowed}")
-        if low is not None and value < low:
-            raise SearchError(f"{name}: {value} is too small; allowed values: {allowed}")
-    for name in _FLOAT_FIELDS:
-        value = OmegaConf.select(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SearchError(f"{name}: {value!r} is not a number; allowed values: numbers (e.g. 0.5)")
-    for name in _BOOL_FIELDS:
-        value = OmegaConf.select(cfg, name)
-        if not isinstance(value, bool):
-            raise SearchError(f"{name}: {value!r} is not a boolean; allowed values: true, false")
-    resolve_device(cfg.device, SearchError)
-
-
 @dataclass
 class _Progress:
     """A rich progress bar per search phase, showing candidates evaluated and the best so far."""
@@ -213,20 +146,19 @@ def _best(scored: list[Scored]) -> Scored:
     return min(scored, key=scored_key)
 
 
-def search(cfg: DictConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Run the search described by ``cfg`` (conf/search.yaml); write outputs to ``out_dir``.
+def search(cfg: DictConfig | SearchConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Run the search described by ``cfg`` (conf/search.yaml, composed or read into a SearchConfig);
+    write outputs to ``out_dir``.
 
-    Returns the ``result.json`` dict. Bad input raises SearchError, BudgetError, LatencyError or
-    CheckpointError (one-line messages) before anything is written.
+    Returns the ``result.json`` content (:meth:`SearchResult.to_dict`). Bad input raises SearchError,
+    BudgetError, LatencyError or CheckpointError (one-line messages) before anything is written.
     """
-    _check_inputs(cfg)
+    config = cfg if isinstance(cfg, SearchConfig) else SearchConfig.from_cfg(cfg)
     old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        if int(cfg.threads) < 1:
-            raise SearchError(f"threads: must be >= 1 or null, got {cfg.threads}")
-        torch.set_num_threads(int(cfg.threads))
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
-        return _search(cfg, Path(out_dir), console or Console())
+        return _search(config, Path(out_dir), console or Console()).to_dict()
     finally:
         torch.set_num_threads(old_threads)
 
@@ -276,11 +208,7 @@ class _Setup:
         return self.fmt(cost) if self.unit == "seconds" else f"{format_macs(cost)} MACs"
 
 
-_NO_PROFILE = ("device_profile: missing; budget={budget} is a latency, which needs a profile of this supernet on "
-               "the target machine: run enas4d-profile ckpt=... and pass device_profile=PATH/profile.json")
-
-
-def _open_profile(cfg: DictConfig, spec: Budget, net: MultiStageSupernet, meta: CheckpointMeta
+def _open_profile(cfg: SearchConfig, spec: Budget, net: MultiStageSupernet, meta: CheckpointMeta
                   ) -> tuple[DeviceProfile | None, LatencyCosts | None]:
     """The device profile of ``device_profile=`` and its latency predictor (None, None without one).
 
@@ -289,21 +217,17 @@ def _open_profile(cfg: DictConfig, spec: Budget, net: MultiStageSupernet, meta: 
     """
     if cfg.device_profile is None:
         if spec.latency:
-            raise LatencyError(_NO_PROFILE.format(budget=cfg.budget))
+            raise LatencyError(NO_PROFILE.format(budget=cfg.budget))
         return None, None
-    profile = DeviceProfile.load(str(cfg.device_profile))
+    profile = DeviceProfile.load(cfg.device_profile)
     profile.check_supernet(meta.supernet, meta.space)
-    bs = None if cfg.latency_batch_size is None else int(cfg.latency_batch_size)
     on_cpu = next(net.parameters()).device.type == "cpu"  # features are read on the CPU
-    return profile, LatencyCosts(net if on_cpu else copy.deepcopy(net).cpu(), profile, bs)
+    return profile, LatencyCosts(net if on_cpu else copy.deepcopy(net).cpu(), profile, cfg.latency_batch_size)
 
 
-def _prepare(cfg: DictConfig, console: Console) -> _Setup:
-    """Check the budget, rebuild supernet and data from the checkpoint, open the cache."""
-    budget_spec = parse_budget(cfg.budget)
-    if budget_spec.latency and cfg.device_profile is None:  # before the (slow) checkpoint load
-        raise LatencyError(_NO_PROFILE.format(budget=cfg.budget))
-    _check_config(cfg)
+def _prepare(cfg: SearchConfig, console: Console) -> _Setup:
+    """Rebuild supernet and data from the checkpoint, resolve the budget, open the cache."""
+    budget_spec = cfg.budget_spec
     device = resolve_device(cfg.device, SearchError)
     net, meta = load_supernet(cfg.ckpt)
     ckpt_sha = file_digest(cfg.ckpt)
@@ -330,23 +254,22 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
         raise BudgetError(f"budget: {format_macs(budget)} MACs/image is below the smallest achievable "
                           f"{smallest_macs} ({format_macs(smallest_macs)}: the smallest subnet, every image "
                           f"leaving at exit 1); use budget >= {smallest_macs}")
-    overrides = dict(OmegaConf.to_container(cfg.data_overrides, resolve=True) or {})
+    overrides = dict(cfg.data_overrides or {})
     dm = build_datamodule(meta, overrides)
-    val_batches = list(rebatch(dm.val_dataloader(), int(cfg.eval_batch_size)))
+    val_batches = list(rebatch(dm.val_dataloader(), cfg.eval_batch_size))
     if not val_batches:
         raise SearchError("data: the validation split is empty; the search needs validation images")
-    calib = CalibrationSet(dm.calibration_dataloader(num_images=int(cfg.bn.images),
-                                                     batch_size=int(cfg.bn.batch_size)))
+    calib = CalibrationSet(dm.calibration_dataloader(num_images=cfg.bn.images, batch_size=cfg.bn.batch_size))
     labels = np.concatenate([y.numpy() for _, y in val_batches]).astype(np.int64)
     # What the cached numbers depend on (loading-only settings and the data's location excluded).
     data_cfg = {k: v for k, v in sorted({**meta.data["cfg"], **overrides}.items())
                 if k not in ("num_workers", "pin_memory", "batch_size", "eval_batch_size", "path")}
     fingerprint = {"checkpoint_sha256": ckpt_sha,
                    "data": {"name": meta.data["name"], "cfg": data_cfg},
-                   "bn_images": calib.num_images, "bn_batch_size": int(cfg.bn.batch_size),
-                   "confidence": str(cfg.confidence), "num_val_images": int(len(labels)),
+                   "bn_images": calib.num_images, "bn_batch_size": cfg.bn.batch_size,
+                   "confidence": cfg.confidence, "num_val_images": int(len(labels)),
                    "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
-    cache_path = Path(str(cfg.cache_dir)) / f"{Path(cfg.ckpt).stem}-{fingerprint_name(fingerprint)}.jsonl"
+    cache_path = Path(cfg.cache_dir) / f"{Path(cfg.ckpt).stem}-{fingerprint_name(fingerprint)}.jsonl"
     cache = EvalCache(cache_path, fingerprint, labels)
     if costs is None:
         console.print(f"search: {net.name} ({space.num_stages} exits) from {cfg.ckpt}; budget {format_macs(budget)} "
@@ -361,14 +284,14 @@ def _prepare(cfg: DictConfig, console: Console) -> _Setup:
                       f"on {device}; cache {cache_path} ({len(cache)} architectures)")
     if latency is not None and latency.fit.note:
         console.print(f"search: note: {latency.fit.note}")
-    evaluator = CandidateEvaluator(net, calib, val_batches, str(cfg.confidence), cache)
+    evaluator = CandidateEvaluator(net, calib, val_batches, cfg.confidence, cache)
     if file_digest(cfg.ckpt) != ckpt_sha:  # rewritten while it was read (a training still running)
         raise SearchError(f"ckpt: {cfg.ckpt!r} changed while the search read it; search again once it is written")
     return _Setup(net, meta, budget, largest_macs, smallest_macs, evaluator, cache_path, ckpt_sha, budget_spec.unit,
                   costs, largest_cost, smallest_cost, profile, latency)
 
 
-def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticProblem,
+def _run_searches(cfg: SearchConfig, st: _Setup, dyn: DynamicProblem, sta: StaticProblem,
                   console: Console) -> tuple[list[Scored], list[Scored]]:
     """The dynamic search, then the static one (or only the largest subnet if the budget allows all)."""
     space = st.net.space
@@ -385,23 +308,22 @@ def _run_searches(cfg: DictConfig, st: _Setup, dyn: DynamicProblem, sta: StaticP
             s = Scored(largest, *dyn.score(largest), step=0)
             bar.update(s)
             return [s], [Scored(largest, *sta.score(largest), step=0)]
-        rank = _make_rank(dyn, cfg.predictor, int(cfg.seed)) if cfg.predictor.enabled else None
-        ctrl = _controller_config(cfg)
-        dynamic = _tracked_search(space, dyn, _evolution_config(cfg, int(cfg.evaluations)), "dynamic", bar,
-                                  console, rank, int(cfg.predictor.screen_factor), ctrl)
+        rank = _make_rank(dyn, cfg.predictor, cfg.seed) if cfg.predictor.enabled else None
+        dynamic = _tracked_search(space, dyn, cfg.evolution(cfg.evaluations), "dynamic", bar, console, rank,
+                                  cfg.predictor.screen_factor, cfg.controller)
         if not dynamic:  # only policy_gradient can end empty: it samples instead of shrinking until it fits
             raise SearchError(f"search: {cfg.algorithm} drew no architecture that fits {st.label(st.budget)}/image "
                               f"in {cfg.max_tries} samples; raise max_tries or the budget, or use "
                               "algorithm=evolution (it shrinks candidates until they fit)")
         static: list[Scored] = []
-        if int(cfg.static_evaluations) > 0:
+        if cfg.static_evaluations > 0:
             if not sta.feasible(space.smallest()):
                 console.print(f"search: no static (single-exit) subnet fits {st.fmt(st.budget)}; the "
                               f"smallest costs {st.fmt(sta.cost(space.smallest()))}")
             else:
                 # Its own random stream: it explores independently (shared evaluations come free).
-                scfg = _evolution_config(cfg, int(cfg.static_evaluations), stream=1)
-                static = _tracked_search(space, sta, scfg, "static", bar, console, None, 1, ctrl)
+                scfg = cfg.evolution(cfg.static_evaluations, stream=1)
+                static = _tracked_search(space, sta, scfg, "static", bar, console, None, 1, cfg.controller)
     return dynamic, static
 
 
@@ -420,7 +342,7 @@ def _tracked_search(space: SearchSpace, problem: DynamicProblem | StaticProblem,
                       log=console.print, controller=controller)
 
 
-def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
+def _fronts(cfg: SearchConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
             static_pts: list[tuple[Subnet, float, float]]) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
     """Pareto rows (for pareto.csv) and the dynamic and static fronts (for the plot).
 
@@ -431,7 +353,7 @@ def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
     for a, pol in dyn_all:
         body, heads = st.stage_costs(a)
         curve, curve_exits = tradeoff(st.evaluator.table(a), body, heads, st.net.space.elastic_exits,
-                                      int(cfg.front_levels), st.stage_calls(a))
+                                      cfg.front_levels, st.stage_calls(a))
         dyn_rows += [(float(m), float(acc), _apply_exits(a, e)) for (m, acc), e in zip(curve, curve_exits)]
         dyn_rows.append((pol.expected_macs, pol.accuracy, _apply_exits(a, pol.exits)))
     sta_rows = [(macs, acc, static_subnet(a)) for a, acc, macs in static_pts]
@@ -445,12 +367,12 @@ def _fronts(cfg: DictConfig, st: _Setup, dyn_all: list[tuple[Subnet, Policy]],
     return rows, fronts[0], fronts[1]
 
 
-def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
+def _search(cfg: SearchConfig, out_dir: Path, console: Console) -> SearchResult:
     """:func:`search` with the thread count already set."""
     start = time.perf_counter()
     st = _prepare(cfg, console)
     net, space, budget, evaluator = st.net, st.net.space, st.budget, st.evaluator
-    grid = None if cfg.calibration_grid is None else int(cfg.calibration_grid)
+    grid = cfg.calibration_grid
     dyn = DynamicProblem(evaluator, budget, grid, st.costs, st.calls)
     sta = StaticProblem(evaluator, budget, st.costs, st.calls)
     dynamic_scored, static_scored = _run_searches(cfg, st, dyn, sta, console)
@@ -465,23 +387,22 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     if static_fit:
         a, acc, cost = min(static_fit, key=lambda p: best_first(p[1], p[2]))
         macs = exit_costs(*evaluator.stage_macs(a), static_subnet(a).exits)[-1]
-        static_best = {"subnet": space.to_dict(static_subnet(a)), "val_accuracy": acc, "macs": int(macs)}
+        static_best = StaticBest(subnet=space.to_dict(static_subnet(a)), val_accuracy=acc, macs=int(macs),
+                                 latency=None if st.latency is None else st.latency.exit_seconds(static_subnet(a))[-1])
         static_fit_cost = float(cost)
-        if st.latency is not None:
-            static_best["latency"] = st.latency.exit_seconds(static_subnet(a))[-1]
     front_rows, dyn_front, sta_front = _fronts(cfg, st, dyn_all, static_pts)
 
     report = None
-    if float(cfg.predictor.holdout) > 0:
+    if cfg.predictor.holdout > 0:
         pc = cfg.predictor
         rep = holdout_kendall_tau(space, [a for a, _ in dyn_all], [p.accuracy for _, p in dyn_all],
-                                  float(pc.holdout), int(cfg.seed), int(pc.hidden), int(pc.epochs), float(pc.lr))
+                                  pc.holdout, cfg.seed, pc.hidden, pc.epochs, pc.lr)
         if rep is not None:
-            report = {"kendall_tau": rep.kendall_tau, "n_train": rep.n_train, "n_test": rep.n_test,
-                      "used_for_screening": bool(pc.enabled)}
+            report = PredictorReport(kendall_tau=rep.kendall_tau, n_train=rep.n_train, n_test=rep.n_test,
+                                     used_for_screening=pc.enabled)
 
     body, heads = st.stage_costs(best_arch)
-    held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, int(cfg.seed),
+    held = cross_fit(evaluator.table(best_arch), body, heads, budget, space.elastic_exits, grid, cfg.seed,
                      st.stage_calls(best_arch))
     chosen = _apply_exits(best_arch, policy.exits)
     # The policy's MACs (and, with a profile, its predicted latency) whatever the budget's unit.
@@ -490,67 +411,67 @@ def _search(cfg: DictConfig, out_dir: Path, console: Console) -> dict[str, Any]:
     if st.latency is not None:
         in_ns = simulate(evaluator.table(best_arch), policy.exits, policy.thresholds, *st.latency(best_arch),
                          st.latency.calls(best_arch))
-        latency = {"device_profile": st.profile.path, "device_profile_sha256": st.profile.sha256,
-                   "batch_size": st.latency.batch_size,
-                   "expected": in_ns.expected_macs / NS_PER_SECOND,  # predicted average seconds per image
-                   # predicted cumulative, per enabled exit, every image of the batch leaving there
-                   "exit_latency": st.latency.exit_seconds(chosen),
-                   # its per-call part (stage calls / batch size), paid once per batch up to the deepest exit taken
-                   "exit_call_latency": st.latency.exit_call_seconds(chosen),
-                   "call_fit": st.latency.fit.to_dict(),  # batch sizes of the per-call fit; note if a fallback
-                   "budget": st.to_unit(budget) if st.unit == "seconds" else None,
-                   "largest": st.latency.exit_seconds(space.largest())[-1],
-                   "fit": st.profile.data["fit"].get(str(st.latency.batch_size)),
-                   **{k: st.profile.data[k] for k in ("machine", "torch", "threads", "clock", "runtime")}}
+        latency = LatencyPrediction(
+            device_profile=st.profile.path, device_profile_sha256=st.profile.sha256,
+            batch_size=st.latency.batch_size,
+            expected=in_ns.expected_macs / NS_PER_SECOND,  # predicted average seconds per image
+            # predicted cumulative, per enabled exit, every image of the batch leaving there
+            exit_latency=st.latency.exit_seconds(chosen),
+            # its per-call part (stage calls / batch size), paid once per batch up to the deepest exit taken
+            exit_call_latency=st.latency.exit_call_seconds(chosen),
+            call_fit=st.latency.fit.to_dict(),  # batch sizes of the per-call fit; note if a fallback
+            budget=st.to_unit(budget) if st.unit == "seconds" else None,
+            largest=st.latency.exit_seconds(space.largest())[-1],
+            fit=st.profile.data["fit"].get(str(st.latency.batch_size)),
+            **{k: st.profile.data[k] for k in ("machine", "torch", "threads", "clock", "runtime")})
     enabled = [k for k, on in enumerate(policy.exits) if on]
-    result = {
-        "subnet": space.to_dict(chosen),
-        "thresholds": [policy.thresholds[k] for k in enabled],  # one per enabled exit, the last 0.0
-        "exit_stages": enabled,  # 0-based stage of each enabled exit
-        "confidence": str(cfg.confidence),
-        "val_accuracy": policy.accuracy,
-        "expected_macs": in_macs.expected_macs,
-        "budget": st.to_unit(budget),  # in budget_unit
-        "budget_unit": st.unit,  # "macs" (per image) or "seconds" (per image, predicted by latency.device_profile)
-        "expected_latency": None if latency is None else latency["expected"],  # seconds per image, predicted
-        "exit_rates": [policy.exit_rates[k] for k in enabled],
-        "exit_macs": [in_macs.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
-        "checkpoint": str(Path(cfg.ckpt).resolve()),
-        "checkpoint_sha256": st.checkpoint_sha256,  # export refuses other weights at the same path
-        "static_best": static_best,
+    result = SearchResult(
+        subnet=space.to_dict(chosen),
+        thresholds=[policy.thresholds[k] for k in enabled],  # one per enabled exit, the last 0.0
+        exit_stages=enabled,  # 0-based stage of each enabled exit
+        confidence=cfg.confidence,
+        val_accuracy=policy.accuracy,
+        expected_macs=in_macs.expected_macs,
+        budget=st.to_unit(budget),  # in budget_unit
+        budget_unit=st.unit,  # "macs" (per image) or "seconds" (per image, predicted by latency.device_profile)
+        expected_latency=None if latency is None else latency.expected,  # seconds per image, predicted
+        exit_rates=[policy.exit_rates[k] for k in enabled],
+        exit_macs=[in_macs.exit_macs[k] for k in enabled],  # cumulative, = net.macs(subnet)
+        checkpoint=str(Path(cfg.ckpt).resolve()),
+        checkpoint_sha256=st.checkpoint_sha256,  # export refuses other weights at the same path
+        static_best=static_best,
         # The chosen architecture's thresholds fitted on one half of the validation images and
         # scored on the other (both ways): val_accuracy without the optimism of fitting on it.
-        "cross_fitted": None if held is None else {"val_accuracy": held[0],
-                                                   ("expected_latency" if st.unit == "seconds" else "expected_macs"):
-                                                       st.to_unit(held[1])},
-        "num_val_images": evaluator.labels.size,
-        "largest_macs": int(st.largest_macs),
-        "smallest_macs": int(st.smallest_macs),
-        "calibration": {"exact": policy.gap_bound == 0.0, "gap_bound": policy.gap_bound},
+        cross_fitted=None if held is None else CrossFitted(
+            val_accuracy=held[0], **{("expected_latency" if st.unit == "seconds" else "expected_macs"):
+                                     st.to_unit(held[1])}),
+        num_val_images=evaluator.labels.size,
+        largest_macs=int(st.largest_macs),
+        smallest_macs=int(st.smallest_macs),
+        calibration=Calibration(exact=policy.gap_bound == 0.0, gap_bound=policy.gap_bound),
         # BatchNorm re-estimation the scores depend on; export repeats it to get the same network.
-        "bn": {"images": int(cfg.bn.images), "batch_size": int(cfg.bn.batch_size)},
-        "search": {"algorithm": str(cfg.algorithm), "evaluations": len(dynamic_scored),
-                   "static_evaluations": len(static_scored), "distinct_architectures": len(archs),
-                   "seed": int(cfg.seed), "budget_above_largest": budget >= st.largest_macs,
-                   "network_evaluations": evaluator.misses, "cache_hits": evaluator.hits,
-                   "cache": str(st.cache_path), "network_seconds": round(evaluator.network_seconds, 2),
-                   "device": str(next(net.parameters()).device),
-                   "controller": (dataclasses.asdict(_controller_config(cfg))
-                                  if cfg.algorithm == "policy_gradient" else None),
-                   "seconds": round(time.perf_counter() - start, 2)},
-        "predictor": report,
-        "latency": latency,
-    }
+        bn=BNSettings(images=cfg.bn.images, batch_size=cfg.bn.batch_size),
+        search=SearchRun(algorithm=cfg.algorithm, evaluations=len(dynamic_scored),
+                         static_evaluations=len(static_scored), distinct_architectures=len(archs), seed=cfg.seed,
+                         budget_above_largest=budget >= st.largest_macs, network_evaluations=evaluator.misses,
+                         cache_hits=evaluator.hits, cache=str(st.cache_path),
+                         network_seconds=round(evaluator.network_seconds, 2), device=str(next(net.parameters()).device),
+                         controller=(dataclasses.asdict(cfg.controller) if cfg.algorithm == "policy_gradient"
+                                     else None),
+                         seconds=round(time.perf_counter() - start, 2)),
+        predictor=report,
+        latency=latency,
+    )
     write_pareto_csv(out_dir / "pareto.csv", front_rows)
     plot_pareto(out_dir / "pareto.png", dyn_front, sta_front,
                 np.array([[st.to_unit(p.expected_macs), p.accuracy] for _, p in dyn_all]), st.to_unit(budget),
                 (st.to_unit(policy.expected_macs), policy.accuracy),
-                None if static_best is None else (st.to_unit(static_fit_cost), static_best["val_accuracy"]),
+                None if static_best is None else (st.to_unit(static_fit_cost), static_best.val_accuracy),
                 f"{net.name}, {st.meta.data['name']}: {len(archs)} architectures", unit=st.unit)
-    write_json(out_dir / "result.json", result)  # last: its presence means the run completed
+    result.write(out_dir / "result.json")  # last: its presence means the run completed
     print_summary(result, front_rows, console)
     console.print(f"search: wrote {out_dir / 'result.json'}, pareto.csv, pareto.png in "
-                  f"{result['search']['seconds']:.0f}s ({evaluator.misses} network evaluations, "
+                  f"{result.search.seconds:.0f}s ({evaluator.misses} network evaluations, "
                   f"{evaluator.hits} from cache)")
     return result
 
@@ -560,7 +481,7 @@ def _apply_exits(arch: Subnet, exits: tuple[bool, ...]) -> Subnet:
     return dataclasses.replace(arch, exits=tuple(exits))
 
 
-def _make_rank(dyn: DynamicProblem, pcfg: DictConfig, seed: int):
+def _make_rank(dyn: DynamicProblem, pcfg: PredictorConfig, seed: int):
     """Predictor-based ranking of children: fitted on every cached architecture (scored at this budget)."""
     space = dyn.evaluator.net.space
     parsed: dict[str, Subnet] = {}  # cache key -> architecture, parsed once across generations
@@ -573,9 +494,9 @@ def _make_rank(dyn: DynamicProblem, pcfg: DictConfig, seed: int):
             a = parsed[key]
             if dyn.feasible(a):
                 train.append((a, dyn.score(a)[0]))
-        if len(train) < int(pcfg.min_train):
+        if len(train) < pcfg.min_train:
             return np.zeros(len(archs))  # too little data: keep the proposal order
-        model = AccuracyPredictor(space, int(pcfg.hidden), int(pcfg.epochs), float(pcfg.lr), seed)
+        model = AccuracyPredictor(space, pcfg.hidden, pcfg.epochs, pcfg.lr, seed)
         model.fit([a for a, _ in train], [f for _, f in train])
         return model.predict(archs)
 
@@ -589,7 +510,7 @@ def main(cfg: DictConfig) -> float | None:
 
     with one_line_errors("enas4d-search", SearchError, BudgetError, CheckpointError, InvalidSubnetError, LatencyError):
         result = search(cfg, HydraConfig.get().runtime.output_dir)
-    return float(result["val_accuracy"])
+    return result["val_accuracy"]
 
 
 if __name__ == "__main__":

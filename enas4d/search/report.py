@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from enas4d.search.budget import format_cost, format_macs
+from enas4d.search.result import SearchResult
 from enas4d.utils.files import write_atomic
 
 __all__ = ["write_pareto_csv", "plot_pareto", "print_summary"]
@@ -65,36 +66,37 @@ def plot_pareto(path: str | os.PathLike, dynamic: np.ndarray, static: np.ndarray
     write_atomic(path, buf.getvalue())
 
 
-def print_summary(result: dict[str, Any], front_rows: list[dict[str, Any]], console: Console | None = None) -> None:
+def print_summary(result: SearchResult, front_rows: list[dict[str, Any]], console: Console | None = None) -> None:
     """The final table: chosen dynamic subnet vs best static one, exit usage, and a front sample."""
     console = console or Console()
-    unit = result["budget_unit"]  # "macs" or "seconds"
-    cost_key = "expected_latency" if unit == "seconds" else "expected_macs"  # of the front rows and cross_fitted
-    t = Table(title=f"search result: budget {format_cost(result['budget'], unit)}"
-                    f"{'' if unit == 'seconds' else ' MACs'}/image ({result['num_val_images']} validation images)")
+    unit = result.budget_unit  # "macs" or "seconds"
+    t = Table(title=f"search result: budget {format_cost(result.budget, unit)}"
+                    f"{'' if unit == 'seconds' else ' MACs'}/image ({result.num_val_images} validation images)")
     for col in ("", "val acc", "avg MACs", "exit rates", "exit MACs (cumulative)", "thresholds"):
         t.add_column(col, justify="right" if col in ("val acc", "avg MACs") else "left")
-    t.add_row("dynamic (chosen)", f"{100 * result['val_accuracy']:.2f}%", format_macs(result["expected_macs"]),
-              " ".join(f"{r:.2f}" for r in result["exit_rates"]),
-              " ".join(format_macs(m) for m in result["exit_macs"]),
-              " ".join(f"{x:.3f}" for x in result["thresholds"]))
-    cf = result.get("cross_fitted")
+    t.add_row("dynamic (chosen)", f"{100 * result.val_accuracy:.2f}%", format_macs(result.expected_macs),
+              " ".join(f"{r:.2f}" for r in result.exit_rates),
+              " ".join(format_macs(m) for m in result.exit_macs),
+              " ".join(f"{x:.3f}" for x in result.thresholds))
+    cf = result.cross_fitted
     if cf is not None:
         # Thresholds fitted on one half of the validation images, scored on the other (both ways).
-        t.add_row("dynamic (cross-fitted)", f"{100 * cf['val_accuracy']:.2f}%",
-                  format_cost(cf[cost_key], unit) + (" (latency)" if unit == "seconds" else ""), "-", "", "")
-    sb = result["static_best"]
+        cost = cf.expected_latency if unit == "seconds" else cf.expected_macs
+        t.add_row("dynamic (cross-fitted)", f"{100 * cf.val_accuracy:.2f}%",
+                  format_cost(cost, unit) + (" (latency)" if unit == "seconds" else ""), "-", "", "")
+    sb = result.static_best
     if sb is not None:
-        t.add_row("static (best)", f"{100 * sb['val_accuracy']:.2f}%", format_macs(sb["macs"]), "1.00",
-                  format_macs(sb["macs"]), "-")
+        t.add_row("static (best)", f"{100 * sb.val_accuracy:.2f}%", format_macs(sb.macs), "1.00",
+                  format_macs(sb.macs), "-")
     else:
         t.add_row("static (best)", "-", "-", "none found within budget", "", "")
     console.print(t)
-    lat = result["latency"]
+    lat = result.latency
     if lat is not None:
-        console.print(f"predicted latency: {format_cost(lat['expected'], 'seconds')}/image at batch "
-                      f"{lat['batch_size']} (exits {' '.join(format_cost(v, 'seconds') for v in lat['exit_latency'])}) on "
-                      f"{lat['machine']['hostname']}, {lat['threads']} thread(s), by {lat['device_profile']}")
+        console.print(f"predicted latency: {format_cost(lat.expected, 'seconds')}/image at batch "
+                      f"{lat.batch_size} (exits {' '.join(format_cost(v, 'seconds') for v in lat.exit_latency)}) on "
+                      f"{(lat.machine or {}).get('hostname')}, {lat.threads} thread(s), by {lat.device_profile}")
+    cost_key = "expected_latency" if unit == "seconds" else "expected_macs"  # of the front rows
     dyn = [r for r in front_rows if r["kind"] == "dynamic"]
     stat = [r for r in front_rows if r["kind"] == "static"]
     if dyn or stat:

@@ -182,10 +182,6 @@ def test_bad_input_is_refused(exp, tmp_path):
     other = res | {"subnet": res["subnet"] | {"width": [[1, 2], [3, 4]]}}
     with pytest.raises(ExportError, match="does not belong to the search space"):
         run(other)
-    with pytest.raises(ExportError, match="supernet 'mbv3_cifar'"):
-        run(res | {"supernet": {"name": "mbv3_cifar", "num_stages": 3}})
-    with pytest.raises(ExportError, match="another search space"):
-        run(res | {"space": {"widths": []}})
     with pytest.raises(ExportError, match="thresholds: expected 3 values"):
         run(res | {"thresholds": [0.5, 0.0]})
     with pytest.raises(ExportError, match="confidence 'top5'"):
@@ -254,7 +250,8 @@ def test_checkpoint_with_other_content_at_the_searched_path_is_refused(exp, tmp_
     meta = export(compose_cfg("export", *base, f"out={tmp_path / 'b'}", "allow_other_ckpt=true"), quiet())
     assert meta["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest() != digest
     result.write_text(json.dumps(res | {"checkpoint_sha256": "abc"}))
-    with pytest.raises(ExportError, match=r"result: checkpoint_sha256='abc' is not allowed; allowed values: a sha256"):
+    with pytest.raises(ExportError, match=r"result: checkpoint_sha256='abc' in .* is not allowed; "
+                                          r"allowed values: a sha256"):
         export(compose_cfg("export", *base, f"out={tmp_path / 'c'}"), quiet())
 
 

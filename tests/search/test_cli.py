@@ -20,6 +20,7 @@ from enas4d.search.calibrate import confidence
 from enas4d.checkpoint import build_datamodule
 from enas4d.search.cli import search
 from enas4d.search.evaluator import SearchError
+from enas4d.search.result import load_result
 from enas4d.nn.bn import CalibrationSet
 
 from .conftest import DATA_CFG, write_checkpoint
@@ -79,6 +80,7 @@ def test_search_outputs_reproducible_and_cached(tiny_ckpt, make_cfg, tmp_path):
     assert sb["macs"] <= res["budget"] and sb["subnet"]["exits"] == [False, True]
     assert sb["macs"] == net.macs(net.space.from_dict(sb["subnet"]))[-1]
     assert json.loads((out / "result.json").read_text()) == res
+    assert res["version"] == 2 and load_result(out / "result.json").to_dict() == res  # what readers accept
     rows = list(csv.DictReader((out / "pareto.csv").open()))
     assert {r["kind"] for r in rows} == {"dynamic", "static"}
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

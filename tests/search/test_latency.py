@@ -313,15 +313,18 @@ def test_export_of_a_latency_search_records_its_prediction(latency_export, devic
     assert "Predicted latency" in (out / "README.md").read_text()
 
 
-def test_export_refuses_a_malformed_latency_block(latency_export):
-    from enas4d.export.exporter import ExportError, latency_info
+def test_export_refuses_a_malformed_latency_block(latency_export, tmp_path):
+    from enas4d.export.exporter import ExportError, latency_info, load_result
+    from enas4d.search.result import SearchResult
 
     _, res = latency_export
-    assert latency_info({**res, "latency": None}, 2) is None
-    with pytest.raises(ExportError, match=r"^result: latency.expected=-1.0 in 'r.json' is not allowed"):
-        latency_info({**res, "latency": {**res["latency"], "expected": -1.0}}, 2, "r.json")
+    assert latency_info(SearchResult.from_dict({**res, "latency": None}), 2) is None
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**res, "latency": {**res["latency"], "expected": -1.0}}))
+    with pytest.raises(ExportError, match=r"^result: latency.expected=-1.0 in '.*r.json' is not allowed"):
+        load_result(path)
     with pytest.raises(ExportError, match=r"^result: latency.exit_latency=.* allowed values: 3 cumulative"):
-        latency_info(res, 3)
+        latency_info(SearchResult.from_dict(res), 3)
 
 
 def test_evaluate_reports_predicted_and_measured_latency(latency_export, device_profile, tmp_path):
