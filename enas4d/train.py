@@ -15,6 +15,7 @@ it with a composed config); :func:`main` is the thin command-line wrapper.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,7 +164,10 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         _save_config(cfg, Path(cfg.paths.output_dir) / "config.yaml")
     log.info("run folder: %s", cfg.paths.output_dir)
     try:
-        trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
+        with warnings.catch_warnings():
+            # The frozen distillation teacher runs in eval mode on purpose; Lightning warns about it.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+            trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
     except CheckpointError as e:  # a checkpoint this run cannot continue (found while restoring it)
         raise TrainSetupError(str(e).replace("\n", " ")) from e
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
