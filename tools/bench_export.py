@@ -11,6 +11,22 @@ per second and MACs/s relative to the plain network; then the multi-stage tax
 
     tax = (MACs/s of the K = 1 export) / (MACs/s of the K = 3 export)     (1.0: no tax)
 
+With ``--layout`` the K = 3 export is also built with other slice layouts (default: ``equal`` only):
+
+    equal          the family's supernet: K equal slices, every stage reads all earlier ones
+    narrow-first   the family's NetSpec with slice_fracs = (0.25, 0.25, 0.5): two narrow stages, a
+                   wide last one (every stage still reads all earlier slices)
+    grow           enas4d.transform.from_static of the family's static network (resnet_cifar:
+                   resnet20_static, mbv3_cifar: mbv3_static) with grow = (0.5, 0.25): new slices
+                   0.5x and 0.25x as wide in front, the static network as the last slice, which
+                   reads only its own slice (reads_from)
+
+each with random weights, BatchNorm calibrated and folded like the others, forced through its last
+exit, timed interleaved with the rest, with its tax against the K = 1 export. Where the static
+network is not the K = 1 export's architecture (mbv3_static has 5x5 depthwise kernels, the K = 1
+export the --kernel choice) its own K = 1 export ("K=1 static") is timed too, and the grow tax is
+also given against it.
+
 With ``--export DIR`` also a searched export (its own early exit on its validation images, and
 forced through its last exit) against the plain network of its family: time per image relative to
 the plain network next to the MACs ratio.
@@ -18,6 +34,7 @@ the plain network next to the MACs ratio.
     .venv/bin/python tools/bench_export.py                       # about a minute on one thread
     .venv/bin/python tools/bench_export.py --clock cpu           # on a busy machine: CPU time, not wall
     .venv/bin/python tools/bench_export.py --quick               # a few seconds, a smoke test
+    .venv/bin/python tools/bench_export.py --clock cpu --layout equal narrow-first grow   # a few minutes
     .venv/bin/python tools/bench_export.py --export outputs/demo/export --families resnet_cifar
 """
 
@@ -38,10 +55,19 @@ import enas4d
 from enas4d.export import jit
 from enas4d.export.baseline import count_macs, family_spec, plain_for
 from enas4d.export.early_exit import build_early_exit
+from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
+from enas4d.space import Subnet
+from enas4d.transform import from_static
 
 CIFAR_FAMILIES = ("resnet_cifar", "mbv3_cifar")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+LAYOUTS = ("equal", "narrow-first", "grow")
+NARROW_FIRST = (0.25, 0.25, 0.5)  # slice_fracs of the narrow-first layout
+GROW = (0.5, 0.25)  # from_static(grow=...) of the grow layout
+STATIC_OF = {"resnet_cifar": "resnet20_static", "mbv3_cifar": "mbv3_static"}  # the family's static network
+MODEL_OF = {"equal": "K=3", "narrow-first": "K=3 narrow", "grow": "K=3 grow"}  # row name of each layout
+STATIC_REF = "K=1 static"
 
 
 def deploy(model: nn.Module) -> torch.jit.ScriptModule:
@@ -49,13 +75,42 @@ def deploy(model: nn.Module) -> torch.jit.ScriptModule:
     return jit.roundtrip(model)
 
 
-def export_of(family: str, num_stages: int, kernel: str, seed: int = 0) -> tuple[torch.jit.ScriptModule, int, int]:
+def supernet_of(family: str, num_stages: int, layout: str = "equal") -> MultiStageSupernet:
+    """The supernet of ``family`` with K = ``num_stages`` in slice layout ``layout`` (module docstring);
+    ``static``: the family's static network (K = 1 only). Random weights from the current seed."""
+    if layout == "equal":
+        return enas4d.create_supernet(family, num_classes=10, num_stages=num_stages)
+    if layout == "static":
+        return enas4d.create_supernet(STATIC_OF[family], num_classes=10, num_stages=num_stages)
+    if layout == "narrow-first":
+        spec = dataclasses.replace(enas4d.create_supernet(family, num_classes=10, num_stages=1).spec,
+                                   slice_fracs=NARROW_FIRST, reads_from=None)
+        return MultiStageSupernet(spec, 10, num_stages, name=f"{family}-narrow-first")
+    if layout == "grow":
+        static = enas4d.create_supernet(STATIC_OF[family], num_classes=10, num_stages=1)
+        return from_static(static, num_stages, grow=GROW)
+    raise ValueError(f"layout={layout!r} not allowed; allowed: {list(LAYOUTS) + ['static']}")
+
+
+def largest_subnet(net: MultiStageSupernet, kernel: str) -> Subnet:
+    """The largest subnet of ``net`` with every kernel the smallest (``min``) or largest (``max``) candidate."""
+    pick = min if kernel == "min" else max
+    kernel_grid = tuple(tuple(pick(c) for c in row) for row in net.space.kernels)
+    return dataclasses.replace(net.space.largest(), kernel=kernel_grid)
+
+
+def architecture(net: MultiStageSupernet, s: Subnet) -> tuple:
+    """What fixes the network ``s`` of ``net`` computes (its spec less the candidate lists, and ``s``)."""
+    spec = dataclasses.replace(net.spec, width_mults=(), kernels=(), depths=(), expands=None, resolutions=())
+    return spec, net.num_stages, s
+
+
+def export_of(family: str, num_stages: int, kernel: str, seed: int = 0,
+              layout: str = "equal") -> tuple[torch.jit.ScriptModule, int, int]:
     """(scripted early-exit model, number of exits, MACs of its last exit) of the largest subnet."""
     torch.manual_seed(seed)
-    net = enas4d.create_supernet(family, num_classes=10, num_stages=num_stages)
-    s = net.space.largest()
-    pick = min if kernel == "min" else max
-    s = dataclasses.replace(s, kernel=tuple(tuple(pick(c) for c in row) for row in net.space.kernels))
+    net = supernet_of(family, num_stages, layout)
+    s = largest_subnet(net, kernel)
     net.set_subnet(s)
     gen = torch.Generator().manual_seed(seed)
     recalibrate_bn(net, [torch.randn(16, 3, s.resolution, s.resolution, generator=gen)])
@@ -92,30 +147,59 @@ def _inf(num_exits: int) -> Tensor:
     return torch.full((num_exits,), float("inf"), dtype=torch.float64)
 
 
-def family_models(family: str, kernel: str) -> dict[str, Any]:
-    """The scripted K = 1 and K = 3 exports and plain network of ``family``, with their last-exit MACs."""
+def needs_static_ref(family: str, kernel: str) -> bool:
+    """Whether the family's static network differs from its K = 1 export (then the grow layout's tax
+    is also taken against the static network's own K = 1 export)."""
+    fam, static = supernet_of(family, 1), supernet_of(family, 1, "static")
+    return architecture(fam, largest_subnet(fam, kernel)) != architecture(static, largest_subnet(static, kernel))
+
+
+def family_models(family: str, kernel: str, layouts: tuple[str, ...] = ("equal",)) -> dict[str, Any]:
+    """The scripted K = 1 export, the K = 3 export of every layout and the plain network of ``family``
+    (with the static network's K = 1 export where the grow layout needs it), as (model, number of
+    exits, MACs of the last exit) by row name, in the order they are printed."""
     plain = plain_for(enas4d.create_supernet(family, num_classes=10, num_stages=1).spec, 10)
     side = plain.preprocess.resolution
-    return {"family": family, "side": side, "K=1": export_of(family, 1, kernel), "K=3": export_of(family, 3, kernel),
-            "plain": (deploy(plain), 0, count_macs(plain, 3, side))}
+    models = {"K=1": export_of(family, 1, kernel)}
+    for layout in layouts:
+        models[MODEL_OF[layout]] = export_of(family, 3, kernel, layout=layout)
+    if "grow" in layouts and needs_static_ref(family, kernel):
+        models[STATIC_REF] = export_of(family, 1, kernel, layout="static")
+    models["plain"] = (deploy(plain), 0, count_macs(plain, 3, side))
+    return {"family": family, "side": side, "models": models}
 
 
 def bench_family(models: dict[str, Any], batch: int, reps: int, inner: int,
                  clock: Callable[[], float]) -> dict[str, Any]:
-    """Seconds per image and MACs per image of K = 1, K = 3 (forced last exit) and the plain network."""
+    """Seconds per image and MACs per image of every model of :func:`family_models` (exports forced
+    through their last exit), timed interleaved."""
     side = models["side"]
     x = torch.rand(batch * inner if batch == 1 else batch, 3, side, side, generator=torch.Generator().manual_seed(1))
-    (k1, e1, m1), (k3, e3, m3), (plain, _, mp) = models["K=1"], models["K=3"], models["plain"]
-    inf1, inf3 = _inf(e1), _inf(e3)
 
     def pick(i: int) -> Tensor:
         return x[i:i + 1] if batch == 1 else x
 
+    def runner(model: Any, exits: int) -> Callable[[int], Any]:
+        if exits == 0:  # the plain network
+            return lambda i: model(pick(i))
+        inf = _inf(exits)
+        return lambda i: model(pick(i), inf)
+
+    fns = {name: runner(model, exits) for name, (model, exits, _) in models["models"].items()}
     with torch.no_grad():
-        t = interleaved({"K=1": lambda i: k1(pick(i), inf1), "K=3": lambda i: k3(pick(i), inf3),
-                         "plain": lambda i: plain(pick(i))}, reps, inner if batch == 1 else 1, clock=clock)
-    macs = {"K=1": m1, "K=3": m3, "plain": mp}
-    return {"family": models["family"], "batch": batch, "sec": {n: t[n] / batch for n in t}, "macs": macs}
+        t = interleaved(fns, reps, inner if batch == 1 else 1, clock=clock)
+    macs = {name: m for name, (_, _, m) in models["models"].items()}
+    return {"family": models["family"], "batch": batch, "sec": {n: t[n] / batch for n in fns}, "macs": macs}
+
+
+def taxes_of(res: dict[str, Any], layouts: tuple[str, ...]) -> dict[str, float]:
+    """Multi-stage tax of every layout's K = 3 export: MACs/s of K = 1 over its MACs/s; with the
+    static network's K = 1 export timed, also ``"grow vs static"`` against that."""
+    rate = {n: res["macs"][n] / res["sec"][n] for n in res["sec"]}
+    out = {layout: rate["K=1"] / rate[MODEL_OF[layout]] for layout in layouts}
+    if STATIC_REF in rate and "grow" in layouts:
+        out["grow vs static"] = rate[STATIC_REF] / rate[MODEL_OF["grow"]]
+    return out
 
 
 def _data_images(meta: dict[str, Any], count: int) -> Tensor:
@@ -181,6 +265,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     ap.add_argument("--reps", type=int, default=9, help="interleaved reps per model (median taken)")
     ap.add_argument("--inner", type=int, default=20, help="single-image calls per rep at batch 1")
+    ap.add_argument("--layout", nargs="+", action="extend", choices=list(LAYOUTS), default=None,
+                    help="slice layouts of the K=3 export (repeatable or a list; default: equal; see above)")
     ap.add_argument("--kernel", choices=("min", "max"), default="min",
                     help="kernel of the largest subnet (min: 3x3, the ResNet-20 shape for resnet_cifar)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -193,6 +279,7 @@ def main() -> None:
         ap.error("--threads, --reps, --inner and --batch-sizes must be >= 1")
     if args.export is not None and not (args.export / "subnet.json").is_file():
         ap.error(f"--export: {str(args.export)!r} is not an enas4d export folder (no subnet.json)")
+    layouts = tuple(dict.fromkeys(args.layout or ["equal"]))
     if args.quick:
         args.reps, args.inner, args.batch_sizes = 2, 3, [1, 16]
     torch.set_num_threads(args.threads)
@@ -200,7 +287,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock, "
           f"largest subnets with {args.kernel} "
           f"kernels, models interleaved, median of {args.reps} reps ({args.inner} images per rep at batch 1); "
-          "K=1/K=3: exported early-exit models forced through their last exit")
+          "K=1/K=3: exported early-exit models forced through their last exit"
+          + ("" if layouts == ("equal",) else
+             f"; K=3 layouts: {', '.join(layouts)} (narrow-first: slice_fracs {NARROW_FIRST}; "
+             f"grow: from_static(grow={GROW}) of {'/'.join(STATIC_OF[f] for f in args.families)})"))
     head = (f"{'family':<14}{'batch':>6}  {'model':<12}{'MACs/img':>10}{'ms/img':>10}{'GMAC/s':>9}"
             f"{'MAC/s rel':>10}{'time rel':>10}{'MACs rel':>10}")
     taxes = []
@@ -208,17 +298,23 @@ def main() -> None:
         print("\nMACs/s, time and MACs relative to the plain network of the family")
         print(head)
     for fam in args.families:
-        models = family_models(fam, args.kernel)
+        models = family_models(fam, args.kernel, layouts)
         for bs in args.batch_sizes:
             res = bench_family(models, bs, args.reps, args.inner, clock)
             print_rows(res, "plain")
-            rate = {n: res["macs"][n] / res["sec"][n] for n in res["sec"]}
-            taxes.append((fam, bs, rate["K=1"] / rate["K=3"]))
+            taxes.append((fam, bs, taxes_of(res, layouts)))
     if taxes:
         print("\nmulti-stage tax = (MACs/s of K=1) / (MACs/s of K=3), both forced through the last exit "
               "(target <= 1.3, limit 1.0)")
         for fam, bs, tax in taxes:
-            print(f"  {fam:<14} batch {bs:>4}: {tax:.2f}")
+            if layouts == ("equal",):
+                print(f"  {fam:<14} batch {bs:>4}: {tax['equal']:.2f}")
+            else:
+                print(f"  {fam:<14} batch {bs:>4}: " + ", ".join(f"{n} {v:.2f}" for n, v in tax.items()))
+        if layouts != ("equal",):
+            print("  target met (every family and batch above): " + ", ".join(
+                f"{n} {'yes' if all(t[n] <= 1.3 for _, _, t in taxes if n in t) else 'no'}"
+                for n in taxes[0][2]))
     if args.export is not None:
         print(f"\nexport {args.export} ({json.loads((args.export / 'subnet.json').read_text())['supernet']['name']}): "
               "time per image and MACs relative to the plain network "
