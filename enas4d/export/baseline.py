@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import enas4d
 from enas4d.export.early_exit import Preprocess, activations_in_place, fold_batchnorm, has_depthwise
 from enas4d.models import static as st
-from enas4d.models.supernet import NetSpec
+from enas4d.models.spec import NetSpec
 from enas4d.nn.layers import make_act
 
 __all__ = ["PlainNet", "Reference", "count_macs", "family_spec", "plain_for", "plain_network", "plain_reference"]

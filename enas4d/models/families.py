@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from enas4d.models.registry import register_supernet
-from enas4d.models.supernet import GroupSpec, MultiStageSupernet, NetSpec
+from enas4d.models.spec import GroupSpec, NetSpec
+from enas4d.models.supernet import MultiStageSupernet
 
 G = GroupSpec
 

@@ -52,7 +52,7 @@ import numpy as np
 from torch import Tensor
 
 from enas4d.export.early_exit import CONFIDENCES, Confidence
-from enas4d.models.supernet import exit_costs
+from enas4d.models.spec import exit_costs
 
 __all__ = ["CONFIDENCES", "ExitTable", "Policy", "Calls", "confidence", "exit_costs", "forced_exit_costs",
            "expected_cost", "simulate", "calibrate", "cross_fit", "tradeoff", "pareto_front", "pareto_indices",

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from enas4d.models.supernet import split_width
+from enas4d.models.spec import split_width
 from enas4d.nn.layers import offsets
 from enas4d.space import SearchSpace
 from enas4d.transform.graph_trace import SUPPORTED, Graph, Node

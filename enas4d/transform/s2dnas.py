@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from enas4d.models.blocks import MSBlock
-from enas4d.models.supernet import MultiStageSupernet, NetSpec
+from enas4d.models.spec import NetSpec
+from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.layers import MSBatchNorm2d, MSConv2d, offsets
 
 __all__ = ["TransformError", "channel_importance", "from_static", "grown_static_masks", "sort_channels"]

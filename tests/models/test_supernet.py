@@ -225,7 +225,7 @@ def test_basic_blocks_refuse_a_non_idempotent_activation():
     import dataclasses as dc
 
     from enas4d.models.families import RESNET_CIFAR
-    from enas4d.models.supernet import GroupSpec, MultiStageSupernet
+    from enas4d.models.spec import GroupSpec
 
     spec = dc.replace(RESNET_CIFAR, groups=(GroupSpec(16, 2, 1, "hswish"), GroupSpec(32, 2, 2)))
     with pytest.raises(ValueError, match=r"spec.groups\[\].act='hswish' not allowed with basic blocks; "
