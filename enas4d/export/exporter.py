@@ -35,18 +35,23 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import enas4d
 from enas4d.export import onnx_runner
-from enas4d.export.early_exit import CONFIDENCES, EarlyExitNet, build_early_exit
+from enas4d.export.card import model_card
+from enas4d.export.choice import SearchChoice, check_thresholds, exit_thresholds, latency_info, load_result, read_result
+from enas4d.export.early_exit import EarlyExitNet, build_early_exit
+from enas4d.export.errors import ExportError
 from enas4d.export.jit import quiet_torchscript
 from enas4d.export.metrics import exit_report
 from enas4d.export.onnx_export import export_onnx
-from enas4d.export.report import pct
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import recalibrate_bn
-from enas4d.search.budget import format_macs, format_seconds
-from enas4d.search import result as search_result
-from enas4d.search.result import ResultError, SearchResult
 from enas4d.utils.files import make_temp_dir, write_json
-from enas4d.space import InvalidSubnetError, Subnet
+from enas4d.space import Subnet
+
+# Defined in choice.py, card.py and errors.py, importable from here as before.
+__all__ = ["CHECK_ATOL", "DECISION_MARGIN", "EXPORT_FORMAT", "EXPORT_VERSION", "DataInfo", "ExportError",
+           "SearchChoice", "check_decisions", "check_out_dir", "check_thresholds", "count_stage_macs",
+           "exit_thresholds", "export_subnet", "is_export", "latency_info", "load_result", "model_card",
+           "read_export", "read_result", "remove_stale_temps"]
 
 EXPORT_FORMAT = "enas4d-export"  # marker in subnet.json: this folder is an enas4d export
 EXPORT_VERSION = 1
@@ -55,10 +60,6 @@ CHECK_ATOL = 1e-3
 # An ONNX decision may differ from TorchScript's only for an image whose confidence is this close
 # to the threshold (float rounding of two runtimes); anything else is an export bug.
 DECISION_MARGIN = 1e-4
-
-
-class ExportError(ValueError):
-    """Bad export input (result file, output folder, thresholds) or a failed consistency check."""
 
 
 @dataclass(frozen=True)
@@ -70,120 +71,6 @@ class DataInfo:
     mean: list[float]  # per-channel mean of [0, 1] pixels
     std: list[float]  # per-channel standard deviation
     class_names: list[str]
-
-
-@dataclass(frozen=True)
-class SearchChoice:
-    """The subnet and thresholds read from a search ``result.json``."""
-
-    subnet: Subnet
-    thresholds: list[float]  # one per enabled exit; the last is 0.0 (always accepts)
-    confidence: str  # confidence measure the thresholds apply to
-    info: dict[str, Any]  # search numbers worth keeping (val_accuracy, expected_macs, budget, ...)
-    latency: dict[str, Any] | None = None  # the search's latency prediction (see latency_info), if any
-
-
-# ------------------------------------------------------------------------------- result.json
-def check_thresholds(values: Sequence[Any]) -> list[float]:
-    """``values`` as floats, each a number in [0, 1] (where every confidence measure lies).
-
-    Raises ExportError naming the entry for a string, a bool, NaN or a value outside [0, 1]
-    (the rule of :func:`enas4d.search.result.check_thresholds`).
-    """
-    return search_result.check_thresholds(values, ExportError)
-
-
-def exit_thresholds(subnet: Subnet, values: Sequence[float]) -> list[float]:
-    """Thresholds of the enabled exits from one value per stage (K) or per enabled exit (E).
-
-    Values of disabled exits are dropped; the last exit's value is replaced by 0.0 since the last
-    exit always accepts. Raises ExportError for a wrong count or a value :func:`check_thresholds`
-    refuses (every given value is checked, dropped ones too).
-    """
-    K, enabled = subnet.num_stages, [k for k, on in enumerate(subnet.exits) if on]
-    vals = list(values) if isinstance(values, (list, tuple)) else None
-    if vals is None or len(vals) not in (K, len(enabled)):
-        got = len(vals) if vals is not None else type(values).__name__
-        raise ExportError(f"thresholds: expected {K} values (one per stage) or {len(enabled)} (one per "
-                          f"enabled exit), got {got}")
-    nums = check_thresholds(vals)
-    if len(nums) == K:
-        nums = [nums[k] for k in enabled]
-    return nums[:-1] + [0.0]
-
-
-def load_result(path: str | os.PathLike) -> SearchResult:
-    """The search result in the file ``path`` (:func:`enas4d.search.result.load_result`), ExportError if wrong."""
-    try:
-        return search_result.load_result(path)
-    except ResultError as e:
-        raise ExportError(str(e)) from None
-
-
-def read_result(path: str | os.PathLike, net: MultiStageSupernet, res: SearchResult | None = None) -> SearchChoice:
-    """Read a search ``result.json`` and check its subnet belongs to ``net``'s search space.
-
-    ``res``: the file's content when already read by :func:`load_result` (the file is not read again).
-    """
-    path = os.fspath(path)
-    if res is None:
-        res = load_result(path)
-    try:
-        subnet = net.space.from_dict(res.subnet)
-    except (InvalidSubnetError, KeyError, TypeError, ValueError) as e:
-        raise ExportError(f"result: the subnet in {path!r} does not belong to the search space of supernet "
-                          f"{net.name!r} ({net.num_stages} stages): {e}") from e
-    if res.exit_stages is not None and res.exit_stages != [k for k, on in enumerate(subnet.exits) if on]:
-        raise ExportError(f"result: exit_stages {res.exit_stages} disagree with the subnet's exits "
-                          f"{list(subnet.exits)} in {path!r}")
-    if res.confidence not in CONFIDENCES:
-        raise ExportError(f"result: confidence {res.confidence!r} is not supported; allowed values: "
-                          f"{list(CONFIDENCES)}")
-    keep = ("val_accuracy", "expected_macs", "budget", "budget_unit", "expected_latency", "exit_rates", "exit_macs",
-            "num_val_images", "bn")
-    data = res.to_dict()
-    return SearchChoice(subnet, exit_thresholds(subnet, res.thresholds), res.confidence,
-                        {k: data[k] for k in keep if k in data}, latency_info(res, sum(subnet.exits), path))
-
-
-def latency_info(res: SearchResult, num_exits: int, path: str = "result.json") -> dict[str, Any] | None:
-    """The search's latency prediction (None when it searched without a device profile), as
-    ``subnet.json`` records it under ``latency``.
-
-    Keys: ``budget_unit`` (``"seconds"``: a latency budget; ``"macs"``: a MAC budget with a profile),
-    ``budget`` (seconds per image, None for a MAC budget), ``expected`` (predicted average seconds per
-    image at the search's exit rates), ``exit_latency`` (predicted cumulative seconds per image of
-    each enabled exit when every image of the batch leaves there), ``exit_call_latency`` (its per-call
-    part: the stages' per-call costs divided by the batch size, paid once per batch up to the deepest
-    exit taken; None from a search before the per-call model), ``call_fit`` (the profiled batch sizes
-    it was fitted from, and a note when that was a fallback), ``batch_size`` (the profile's batch size
-    the prediction is for),
-    ``device_profile`` and ``device_profile_sha256`` (the profile file and its content hash), and
-    the profile's ``machine``, ``torch``, ``threads``, ``clock`` and ``runtime``. The block's values
-    are checked when the result is read (:class:`~enas4d.search.result.LatencyPrediction`); here,
-    ExportError when its per-exit lists do not have one entry per enabled exit of the subnet.
-    """
-    lat = res.latency
-    if lat is None:
-        return None
-
-    def bad(field: str, allowed: str) -> ExportError:
-        return ExportError(f"result: latency.{field}={getattr(lat, field)!r} in {path!r} is not allowed; "
-                           f"allowed values: {allowed}")
-
-    if len(lat.exit_latency) != num_exits:
-        raise bad("exit_latency", f"{num_exits} cumulative seconds per image > 0, one per enabled exit")
-    calls = lat.exit_call_latency
-    if calls is not None and (len(calls) != num_exits or any(c > t for c, t in zip(calls, lat.exit_latency))):
-        raise bad("exit_call_latency", f"{num_exits} seconds per image >= 0, each at most its exit_latency, or null")
-    unit = res.budget_unit or ("seconds" if lat.budget is not None else "macs")
-    return {"budget_unit": unit, "budget": lat.budget, "expected": lat.expected,
-            "exit_latency": list(lat.exit_latency), "exit_call_latency": None if calls is None else list(calls),
-            "call_fit": lat.call_fit, "batch_size": lat.batch_size,
-            "device_profile": lat.device_profile, "device_profile_sha256": lat.device_profile_sha256,
-            "machine": lat.machine, "torch": lat.torch, "threads": lat.threads, "clock": lat.clock,
-            "runtime": lat.runtime}
-
 
 # ----------------------------------------------------------------------------- output folder
 def read_export(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -341,82 +228,6 @@ def check_decisions(model: EarlyExitNet, ref: tuple[Tensor, Tensor], other: tupl
 
 
 # -------------------------------------------------------------------------------- model card
-def model_card(meta: dict[str, Any]) -> str:
-    """The README.md of an export folder, from its ``subnet.json`` content."""
-    s, val = meta["subnet"], meta.get("validation")
-    lines = [
-        f"# Early-exit model: {meta['supernet']['name']} subnet on {meta['data']['name']}",
-        "",
-        f"Exported by enas4d {meta['enas4d_version']} on {meta['created']} from `{meta['checkpoint']}`"
-        + (f" with search result `{meta['result']}`." if meta.get("result") else "."),
-        f"Input resolution {meta['resolution']}x{meta['resolution']}, {meta['num_classes']} classes, "
-        f"{len(meta['exit_stages'])} enabled exits over {meta['supernet']['num_stages']} stages; BatchNorm "
-        + ("folded into the convolutions." if meta["fold_bn"] else "kept as separate layers."),
-        "",
-        "## Exits",
-        "",
-    ]
-    if val is not None:
-        lines += [f"Measured on the validation split ({val['num_images']} images): accuracy "
-                  f"**{pct(val['accuracy'])}** at **{format_macs(val['avg_macs'])} MACs** per image on "
-                  f"average, {meta['exit_macs'][-1] / val['avg_macs']:.2f}x fewer than the last exit "
-                  f"({format_macs(meta['exit_macs'][-1])}).", ""]
-    lat = meta.get("latency")
-    if lat is not None:
-        where = ", ".join(str(v) for v in ((lat.get("machine") or {}).get("hostname"),
-                                           f"{lat.get('threads')} thread(s)" if lat.get("threads") else None,
-                                           lat.get("runtime")) if v)
-        budget = "" if lat["budget"] is None else f" for a budget of {format_seconds(lat['budget'])}"
-        lines += [f"Predicted latency (enas4d-search{budget}): **{format_seconds(lat['expected'])} per image** on "
-                  f"average at batch {lat['batch_size']} on the profiled machine ({where}; device profile "
-                  f"`{lat['device_profile']}`), cumulative per exit "
-                  f"{', '.join(format_seconds(v) for v in lat['exit_latency'])}. `enas4d-evaluate` measures it.", ""]
-    lines += ["| exit | stage | threshold | cumulative MACs | exit rate | accuracy of its exits | "
-              "accuracy on all images |", "|---|---|---|---|---|---|---|"]
-    for e, (k, thr, macs) in enumerate(zip(meta["exit_stages"], meta["thresholds"], meta["exit_macs"])):
-        last = e == len(meta["exit_stages"]) - 1
-        rate = acc = acc_all = None
-        if val is not None:
-            rate, acc, acc_all = val["exit_rates"][e], val["exit_accuracy"][e], val["all_exits_accuracy"][e]
-        lines.append(f"| {e} | {k} | {'(accepts all)' if last else f'{thr:.4f}'} | {format_macs(macs)} | "
-                     f"{pct(rate)} | {pct(acc)} | {pct(acc_all)} |")
-    lines += [
-        "",
-        f"An exit accepts an image when its {meta['confidence']} confidence is at least the threshold; stage k",
-        "runs only on the images no earlier exit accepted, reusing their features.",
-        "",
-        "## Use",
-        "",
-        "TorchScript (needs only torch):",
-        "",
-        "```python",
-        "import torch",
-        "m = torch.jit.load('model.ts')",
-        f"x = torch.rand(8, {meta['in_chans']}, {meta['resolution']}, {meta['resolution']})  "
-        "# float (N, C, H, W) in [0, 1]; resized inside",
-        "logits, exit_index = m(x)          # (N, classes), (N,) int64",
-        f"logits, exit_index = m(x, torch.tensor({meta['thresholds']}))  # other thresholds",
-        "```",
-        "",
-        "onnxruntime (needs numpy and onnxruntime): `python onnx_runner.py . images.npy`, or",
-        "",
-        "```python",
-        "from onnx_runner import OnnxEarlyExit",
-        "logits, exit_index = OnnxEarlyExit('.')(x.numpy())",
-        "```",
-        "",
-        "## Subnet",
-        "",
-        "```json",
-        json.dumps(s),
-        "```",
-        "",
-        f"Class names: {', '.join(meta['class_names'])}.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------ export
 @torch.no_grad()
 def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float], out: str | os.PathLike, *,
@@ -456,21 +267,65 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     protect = [Path(checkpoint)] + ([Path(result)] if result else [])
     remove_stale_temps(out)
     check_out_dir(out, overwrite, protect)
+    thresholds = _check_inputs(net, subnet, thresholds, check_images)
+    model = _extract(net, subnet, thresholds, confidence, data, calib_batches, fold_bn)
+    ver = _verify_eager(net, subnet, model, data, check_images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
+    try:
+        files, scripted = _write_formats(tmp, model, ver, onnx, opset)
+        # The model card's numbers, from the saved TorchScript model.
+        validation = None
+        if val_batches is not None:
+            validation = exit_report(lambda b, t: scripted(b), val_batches, ver.exit_macs, scripted.all_exits)
+        meta = {**_describe(net, subnet, thresholds, confidence, model, data, ver, supernet_meta),
+                **_provenance(checkpoint, checkpoint_sha256, result, search_info, latency),
+                **_outputs(fold_bn, files, validation, ver)}
+        _finish(tmp, out, meta, overwrite, protect)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+@dataclass
+class _Verified:
+    """The exported model's outputs on the check images, and the checks it passed so far."""
+
+    x: Tensor  # the check images, float
+    eager: tuple[Tensor, Tensor]  # the eager model's (logits, exit index)
+    eager_exits: list[Tensor]  # its logits at every exit
+    checks: dict[str, Any]  # subnet.json's ``checks`` (the runtimes' comparisons are added)
+    stage_macs: list[int]  # analytic MACs per stage (body + enabled head)
+    counted: list[int]  # the same counted by torch.utils.flop_counter
+    exit_macs: list[int]  # cumulative MACs per enabled exit
+
+
+def _check_inputs(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float],
+                  check_images: Tensor) -> list[float]:
+    """The thresholds as floats, once subnet, thresholds and check images are known to be usable."""
     net.space.validate(subnet)
     thresholds = check_thresholds(thresholds)
     if len(thresholds) != sum(subnet.exits):
         raise ExportError(f"thresholds: expected {sum(subnet.exits)} values (one per enabled exit), got {thresholds}")
     if check_images.dim() != 4 or check_images.shape[0] == 0:
         raise ExportError(f"check_images: expected a non-empty (M, C, H, W) batch, got {list(check_images.shape)}")
+    return thresholds
 
-    # 1. The subnet with BatchNorm statistics of its own, then the standalone model.
+
+def _extract(net: MultiStageSupernet, subnet: Subnet, thresholds: list[float], confidence: str, data: DataInfo,
+             calib_batches: Iterable[Any], fold_bn: bool) -> EarlyExitNet:
+    """The subnet with BatchNorm statistics of its own, then the standalone model."""
     net.set_subnet(subnet)
     recalibrate_bn(net, calib_batches)
     net.eval()
-    model = build_early_exit(net.extract(subnet), data.mean, data.std, thresholds, net.num_classes, confidence,
-                             fold_bn)
+    return build_early_exit(net.extract(subnet), data.mean, data.std, thresholds, net.num_classes, confidence,
+                            fold_bn)
 
-    # 2. Eager export == supernet, per exit.
+
+def _verify_eager(net: MultiStageSupernet, subnet: Subnet, model: EarlyExitNet, data: DataInfo,
+                  check_images: Tensor) -> _Verified:
+    """Eager export == supernet, per exit; MACs per stage analytic (supernet) == counted (export)."""
     x = check_images.float()
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
@@ -480,82 +335,97 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     if checks["supernet_vs_export"] > CHECK_ATOL:
         raise ExportError(f"check: exported logits differ from the supernet's by {checks['supernet_vs_export']:.2e}")
     eager = model(x)
-
-    # 3. Per-stage MACs: analytic (supernet) vs counted on the exported modules.
     body, heads = net.stage_macs(subnet)
     analytic = [b + (h if on else 0) for b, h, on in zip(body, heads, subnet.exits)]
     counted = count_stage_macs(model)
     if counted != analytic:
         raise ExportError(f"check: MACs per stage counted by torch.utils.flop_counter {counted} differ from the "
                           f"analytic {analytic}")
-    exit_macs = net.macs(subnet)
+    return _Verified(x, eager, eager_exits, checks, analytic, counted, net.macs(subnet))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
-    try:
-        # 4. TorchScript, reloaded and compared.
-        with quiet_torchscript():  # torch.jit is deprecated, still the contract: only its notices are hidden
-            torch.jit.script(model).save(os.fspath(tmp / "model.ts"))
-            scripted = torch.jit.load(os.fspath(tmp / "model.ts"))
-        checks["torchscript"] = check_decisions(model, eager, scripted(x), eager_exits, "check: TorchScript")
-        files = {"torchscript": "model.ts"}
 
-        # 5. ONNX graphs + runner, compared.
-        if onnx:
-            (tmp / "onnx").mkdir()
-            export_onnx(model, tmp / "onnx", opset)
-            shutil.copyfile(onnx_runner.__file__, tmp / "onnx_runner.py")
-            runner = onnx_runner.OnnxEarlyExit(os.fspath(tmp))
-            lo, eo = runner(x.numpy())
-            checks["onnx"] = check_decisions(model, eager, (torch.from_numpy(lo), torch.from_numpy(eo)),
-                                             eager_exits, "check: ONNX")
-            files.update(onnx="onnx/manifest.json", onnx_runner="onnx_runner.py")
+def _write_formats(tmp: Path, model: EarlyExitNet, ver: _Verified, onnx: bool,
+                   opset: int) -> tuple[dict[str, str], Any]:
+    """TorchScript (and the ONNX graphs and runner) written into ``tmp``, each reloaded and compared.
 
-        # 6. The model card's numbers, from the saved TorchScript model.
-        validation = None
-        if val_batches is not None:
-            validation = exit_report(lambda b, t: scripted(b), val_batches, exit_macs, scripted.all_exits)
+    Returns subnet.json's ``files`` and the reloaded TorchScript model.
+    """
+    with quiet_torchscript():  # torch.jit is deprecated, still the contract: only its notices are hidden
+        torch.jit.script(model).save(os.fspath(tmp / "model.ts"))
+        scripted = torch.jit.load(os.fspath(tmp / "model.ts"))
+    ver.checks["torchscript"] = check_decisions(model, ver.eager, scripted(ver.x), ver.eager_exits,
+                                                "check: TorchScript")
+    files = {"torchscript": "model.ts"}
+    if onnx:
+        (tmp / "onnx").mkdir()
+        export_onnx(model, tmp / "onnx", opset)
+        shutil.copyfile(onnx_runner.__file__, tmp / "onnx_runner.py")
+        runner = onnx_runner.OnnxEarlyExit(os.fspath(tmp))
+        lo, eo = runner(ver.x.numpy())
+        ver.checks["onnx"] = check_decisions(model, ver.eager, (torch.from_numpy(lo), torch.from_numpy(eo)),
+                                             ver.eager_exits, "check: ONNX")
+        files.update(onnx="onnx/manifest.json", onnx_runner="onnx_runner.py")
+    return files, scripted
 
-        meta = {
-            "format": EXPORT_FORMAT,
-            "format_version": EXPORT_VERSION,
-            "subnet": subnet.to_dict(),
-            "thresholds": thresholds,
-            "confidence": confidence,
-            "exit_rule": "an exit accepts an image when its confidence >= its threshold; the last accepts all",
-            "exit_stages": list(model.exit_stages),
-            "exit_macs": exit_macs,
-            "stage_macs": analytic,
-            "resolution": subnet.resolution,
-            "in_chans": net.in_chans,
-            "num_classes": net.num_classes,
-            "input": "float tensor (N, in_chans, H, W) with values in [0, 1]; resized and normalised inside",
-            "mean": list(data.mean),
-            "std": list(data.std),
-            "class_names": list(data.class_names),
-            "supernet": supernet_meta or {"name": net.name, "num_classes": net.num_classes,
-                                          "num_stages": net.num_stages, "in_chans": net.in_chans},
-            "space": net.space.to_config(),
-            "data": {"name": data.name, "cfg": data.cfg, "mean": list(data.mean), "std": list(data.std),
-                     "class_names": list(data.class_names)},
-            "checkpoint": os.path.abspath(checkpoint),
-            "checkpoint_sha256": checkpoint_sha256,
-            "result": os.path.abspath(result) if result else None,
-            "search": dict(search_info or {}),
-            "latency": None if latency is None else dict(latency),  # predicted by the search's device profile
-            "fold_bn": fold_bn,
-            "files": files,
-            "validation": validation,
-            "checks": {**checks, "flop_counter_stage_macs": counted},
-            "torch_version": torch.__version__,
-            "enas4d_version": enas4d.__version__,
-            "created": _dt.datetime.now().isoformat(timespec="seconds"),
-        }
-        (tmp / "README.md").write_text(model_card(meta))
-        write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
-        check_out_dir(out, overwrite, protect)  # again: the folder may have changed during the export
-        _commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
+
+def _describe(net: MultiStageSupernet, subnet: Subnet, thresholds: list[float], confidence: str,
+              model: EarlyExitNet, data: DataInfo, ver: _Verified,
+              supernet_meta: dict[str, Any] | None) -> dict[str, Any]:
+    """subnet.json's first part: what the model is, what it takes and what it was cut from."""
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "subnet": subnet.to_dict(),
+        "thresholds": thresholds,
+        "confidence": confidence,
+        "exit_rule": "an exit accepts an image when its confidence >= its threshold; the last accepts all",
+        "exit_stages": list(model.exit_stages),
+        "exit_macs": ver.exit_macs,
+        "stage_macs": ver.stage_macs,
+        "resolution": subnet.resolution,
+        "in_chans": net.in_chans,
+        "num_classes": net.num_classes,
+        "input": "float tensor (N, in_chans, H, W) with values in [0, 1]; resized and normalised inside",
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": list(data.class_names),
+        "supernet": supernet_meta or {"name": net.name, "num_classes": net.num_classes,
+                                      "num_stages": net.num_stages, "in_chans": net.in_chans},
+        "space": net.space.to_config(),
+        "data": {"name": data.name, "cfg": data.cfg, "mean": list(data.mean), "std": list(data.std),
+                 "class_names": list(data.class_names)},
+    }
+
+
+def _provenance(checkpoint: str, checkpoint_sha256: str | None, result: str | None,
+                search_info: dict[str, Any] | None, latency: dict[str, Any] | None) -> dict[str, Any]:
+    """subnet.json's second part: the inputs it came from and the search's numbers."""
+    return {
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
+        "result": os.path.abspath(result) if result else None,
+        "search": dict(search_info or {}),
+        "latency": None if latency is None else dict(latency),  # predicted by the search's device profile
+    }
+
+
+def _outputs(fold_bn: bool, files: dict[str, str], validation: dict[str, Any] | None,
+             ver: _Verified) -> dict[str, Any]:
+    """subnet.json's last part: the files written, the numbers measured and the versions."""
+    return {
+        "fold_bn": fold_bn,
+        "files": files,
+        "validation": validation,
+        "checks": {**ver.checks, "flop_counter_stage_macs": ver.counted},
+        "torch_version": torch.__version__,
+        "enas4d_version": enas4d.__version__,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _finish(tmp: Path, out: Path, meta: dict[str, Any], overwrite: bool, protect: list[Path]) -> None:
+    """Write the model card and subnet.json into ``tmp``, then move it to ``out``."""
+    (tmp / "README.md").write_text(model_card(meta))
+    write_json(tmp / "subnet.json", meta)  # written last: its marker makes the folder an export
+    check_out_dir(out, overwrite, protect)  # again: the folder may have changed during the export
+    _commit_dir(tmp, out)
