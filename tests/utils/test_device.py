@@ -30,7 +30,7 @@ def test_the_error_type_is_the_callers():
 
 def test_search_and_evaluate_share_the_one_resolver():
     import enas4d.export.evaluate as evaluate
-    import enas4d.search.cli as search
+    import enas4d.search.setup as search
 
     assert search.resolve_device is resolve_device and evaluate.resolve_device is resolve_device
     pkg = Path(enas4d.__file__).resolve().parent
