@@ -5,7 +5,10 @@
 - :mod:`~enas4d.search.evolution`: evolution and random search over architectures.
 - :mod:`~enas4d.search.policy_gradient`: the S2DNAS searcher, an LSTM controller trained by REINFORCE.
 - :mod:`~enas4d.search.predictor`: optional MLP accuracy predictor (pre-screening, Kendall tau).
+- :mod:`~enas4d.search.problems`: the two problems searched, early-exit (dynamic) and single-exit (static) subnets.
 - :mod:`~enas4d.search.config`: its settings, typed and checked (:class:`~enas4d.search.config.SearchConfig`).
+- :mod:`~enas4d.search.setup`: what a search builds first (supernet and data, budget, evaluator and cache).
+- :mod:`~enas4d.search.run`: the search below the command line, preparation to ``result.json`` and Pareto files.
 - :mod:`~enas4d.search.result`: what it writes to ``result.json`` (:class:`~enas4d.search.result.SearchResult`).
 - :mod:`~enas4d.search.cli`: the ``enas4d-search`` Hydra app (:func:`~enas4d.search.cli.search`).
 """

@@ -173,80 +173,127 @@ def run_search(space: SearchSpace, problem: Problem, cfg: EvolutionConfig,
         controller: policy_gradient's controller settings (defaults when None).
     """
     ledger = Ledger(problem, on_scored)
-    seen, order, evaluate = ledger.seen, ledger.order, ledger.evaluate
     if cfg.algorithm == "policy_gradient":
         # Imported here: policy_gradient builds on this module (Ledger, Problem, EvolutionConfig).
         from enas4d.search.policy_gradient import ControllerConfig, run_policy_gradient
 
         run_policy_gradient(space, problem, cfg, controller or ControllerConfig(), ledger, log)
-        return order
+    elif cfg.algorithm == "random":
+        _Search(space, problem, cfg, ledger, log).random()
+    else:
+        _Search(space, problem, cfg, ledger, log).evolve(rank, screen_factor if rank is not None else 1)
+    return ledger.order
 
-    def fresh(propose: Callable[[torch.Generator], Subnet], *keys: int) -> Subnet | None:
-        """A feasible, not yet scored architecture, or None after max_tries proposals."""
+
+@dataclass(frozen=True)
+class _Offspring:
+    """Proposes one child of ``parents``: a random parent, crossed (with ``crossover_prob``, when there
+    are two or more parents) with another random parent, then mutated."""
+
+    space: SearchSpace
+    parents: list[Subnet]
+    crossover_prob: float
+    mutation_prob: float
+
+    def __call__(self, gen: torch.Generator) -> Subnet:
+        parents = self.parents
+        a = parents[int(torch.randint(len(parents), (1,), generator=gen))]
+        if len(parents) > 1 and float(torch.rand((), generator=gen)) < self.crossover_prob:
+            b = parents[int(torch.randint(len(parents), (1,), generator=gen))]
+            a = self.space.crossover(a, b, gen)
+        return self.space.mutate(a, gen, self.mutation_prob)
+
+
+@dataclass
+class _Search:
+    """Random search and evolution over ``space``, spending ``cfg.evaluations`` through ``ledger``."""
+
+    space: SearchSpace
+    problem: Problem
+    cfg: EvolutionConfig
+    ledger: Ledger
+    log: Callable[[str], None]
+
+    def fresh(self, propose: Callable[[torch.Generator], Subnet], *keys: int) -> Subnet | None:
+        """A feasible, not yet scored architecture, or None after ``max_tries`` proposals.
+
+        Attempt ``t`` for the ``n``-th evaluation proposes from ``make_generator(seed, stream, *keys, n, t)``
+        and repairs from the same with ``_REPAIR_KEY`` first.
+        """
+        cfg, n = self.cfg, len(self.ledger)
         for attempt in range(cfg.max_tries):
-            gen = make_generator(cfg.seed, cfg.stream, *keys, len(order), attempt)
-            fix = make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, *keys, len(order), attempt)
-            arch = repair(space, propose(gen), problem.feasible, fix)
+            gen = make_generator(cfg.seed, cfg.stream, *keys, n, attempt)
+            fix = make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, *keys, n, attempt)
+            arch = repair(self.space, propose(gen), self.problem.feasible, fix)
             if arch is not None:
                 arch = arch.with_all_exits()
-                if arch.to_json() not in seen:
+                if arch.to_json() not in self.ledger.seen:
                     return arch
         return None
 
-    target = cfg.evaluations
-    if cfg.algorithm == "random":
-        while len(order) < target:
-            arch = fresh(space.sample, _RANDOM_KEY)
+    def random(self) -> None:
+        """Random search: uniform samples until ``evaluations`` (or none new is found)."""
+        while len(self.ledger) < self.cfg.evaluations:
+            arch = self.fresh(self.space.sample, _RANDOM_KEY)
             if arch is None:
-                log(f"search: no new feasible architecture in {cfg.max_tries} samples; "
-                    f"stopping after {len(order)} evaluations")
-                break
-            evaluate(arch)
-        return order
+                self.log(f"search: no new feasible architecture in {self.cfg.max_tries} samples; "
+                         f"stopping after {len(self.ledger)} evaluations")
+                return
+            self.ledger.evaluate(arch)
 
-    # Evolution: (mu + lambda) with elitism; the population is the best `population` scored so far.
-    if cfg.seed_largest:
-        # Uniform samples are mid-sized; the largest architecture that fits anchors the top end.
-        largest = repair(space, space.largest(), problem.feasible,
-                         make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, _INIT_KEY))
-        if largest is not None:
-            evaluate(largest)
-    while len(order) < min(cfg.population, target):
-        arch = fresh(space.sample, _INIT_KEY)
-        if arch is None:
-            log(f"search: the feasible space has only {len(order)} architectures; stopping")
-            return order
-        evaluate(arch)
-    n_parents = max(1, round(cfg.parents * cfg.population))
-    n_children = max(1, cfg.population - n_parents)
-    generation = 0
-    while len(order) < target:
-        generation += 1
-        population = sorted(seen.values(), key=scored_key)[:cfg.population]
-        parents = [s.arch for s in population[:n_parents]]
-        want = min(n_children, target - len(order))
+    def initial_population(self) -> bool:
+        """Score the first ``population`` members (the largest feasible subnet first if ``seed_largest``,
+        then uniform samples); False if the feasible space ran out first."""
+        cfg, ledger = self.cfg, self.ledger
+        if cfg.seed_largest:
+            # Uniform samples are mid-sized; the largest architecture that fits anchors the top end.
+            largest = repair(self.space, self.space.largest(), self.problem.feasible,
+                             make_generator(cfg.seed, cfg.stream, _REPAIR_KEY, _INIT_KEY))
+            if largest is not None:
+                ledger.evaluate(largest)
+        while len(ledger) < min(cfg.population, cfg.evaluations):
+            arch = self.fresh(self.space.sample, _INIT_KEY)
+            if arch is None:
+                self.log(f"search: the feasible space has only {len(ledger)} architectures; stopping")
+                return False
+            ledger.evaluate(arch)
+        return True
+
+    def evolve(self, rank: Callable[[list[Subnet]], np.ndarray] | None, screen_factor: int) -> None:
+        """(mu + lambda) with elitism: the population is the best ``population`` scored so far; each
+        generation breeds from its best ``parents`` fraction, until ``evaluations`` or no new child."""
+        cfg = self.cfg
+        if not self.initial_population():
+            return
+        n_parents = max(1, round(cfg.parents * cfg.population))
+        n_children = max(1, cfg.population - n_parents)
+        generation = 0
+        while len(self.ledger) < cfg.evaluations:
+            generation += 1
+            population = sorted(self.ledger.seen.values(), key=scored_key)[:cfg.population]
+            parents = [s.arch for s in population[:n_parents]]
+            want = min(n_children, cfg.evaluations - len(self.ledger))
+            pool = self.children(parents, want * screen_factor)
+            if not pool:
+                self.log(f"search: no new feasible child in {cfg.max_tries} tries at generation {generation}; "
+                         f"stopping after {len(self.ledger)} evaluations")
+                return
+            if rank is not None and len(pool) > want:
+                scores = rank(pool)
+                pool = [pool[i] for i in np.argsort(-scores, kind="stable")[:want]]
+            for child in pool[:want]:
+                self.ledger.evaluate(child)
+
+    def children(self, parents: list[Subnet], count: int) -> list[Subnet]:
+        """Up to ``count`` distinct new children of ``parents``: proposal ``j`` draws from the
+        ``(_CHILD_KEY, j)`` streams; one that failed or repeats an earlier proposal is dropped."""
+        propose = _Offspring(self.space, parents, self.cfg.crossover_prob, self.cfg.mutation_prob)
         pool: list[Subnet] = []
         pool_keys: set[str] = set()
-        for j in range(want * (screen_factor if rank is not None else 1)):
-            def propose(gen: torch.Generator) -> Subnet:
-                a = parents[int(torch.randint(len(parents), (1,), generator=gen))]
-                if len(parents) > 1 and float(torch.rand((), generator=gen)) < cfg.crossover_prob:
-                    b = parents[int(torch.randint(len(parents), (1,), generator=gen))]
-                    a = space.crossover(a, b, gen)
-                return space.mutate(a, gen, cfg.mutation_prob)
-
-            child = fresh(propose, _CHILD_KEY, j)
+        for j in range(count):
+            child = self.fresh(propose, _CHILD_KEY, j)
             if child is None or child.to_json() in pool_keys:
                 continue
             pool.append(child)
             pool_keys.add(child.to_json())
-        if not pool:
-            log(f"search: no new feasible child in {cfg.max_tries} tries at generation {generation}; "
-                f"stopping after {len(order)} evaluations")
-            break
-        if rank is not None and len(pool) > want:
-            scores = rank(pool)
-            pool = [pool[i] for i in np.argsort(-scores, kind="stable")[:want]]
-        for child in pool[:want]:
-            evaluate(child)
-    return order
+        return pool
