@@ -10,6 +10,7 @@ the network a user would otherwise run, not only against the same multi-stage mo
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import enas4d
 from enas4d.export.early_exit import Preprocess, activations_in_place, fold_batchnorm, has_depthwise
 from enas4d.models import static as st
-from enas4d.models.spec import NetSpec
+from enas4d.models.spec import NetSpec, slice_widths
 from enas4d.nn.layers import make_act
 
 __all__ = ["PlainNet", "Reference", "count_macs", "family_spec", "plain_for", "plain_network", "plain_reference"]
@@ -141,14 +142,26 @@ def calibrate_plain(net: PlainNet, images: Tensor) -> PlainNet:
 
 def family_spec(supernet: dict[str, Any]) -> NetSpec | None:
     """The NetSpec of a checkpoint's or export's ``supernet`` entry: its stored spec, else its
-    registered name's; None for a network transformed from a torchvision/timm graph."""
+    registered name's; None for a network transformed from a torchvision/timm graph. A supernet
+    grown around a static network (S2DNAS grow: a last stage that reads only its own slice) gives
+    that static network's spec: the plain network a user would deploy instead."""
     spec = supernet.get("spec")
     if isinstance(spec, dict):
-        return None if spec.get("kind") == "graph" else NetSpec.from_dict(spec)
+        return None if spec.get("kind") == "graph" else _grown_from(NetSpec.from_dict(spec))
     name = supernet.get("name")
     if name in enas4d.list_supernets():
         return enas4d.create_supernet(name, num_classes=1, num_stages=1, in_chans=supernet.get("in_chans", 3)).spec
     return None
+
+
+def _grown_from(spec: NetSpec) -> NetSpec:
+    """The spec of the static network a grown spec's last slice holds (other specs unchanged)."""
+    reads = spec.reads_from
+    if reads is None or len(reads) < 2 or reads[-1] != len(reads) - 1:
+        return spec
+    last = [w[-1] for w in slice_widths(spec, len(reads))]
+    groups = tuple(dataclasses.replace(g, width=w) for g, w in zip(spec.groups, last))
+    return dataclasses.replace(spec, groups=groups, slice_fracs=None, reads_from=None)
 
 
 def plain_for(spec: NetSpec, num_classes: int, in_chans: int = 3, fold_bn: bool = True, seed: int = 0) -> PlainNet:

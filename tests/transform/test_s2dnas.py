@@ -218,3 +218,14 @@ def test_freeze_static_needs_a_grown_supernet():
     masks = frozen_from_config(OmegaConf.create({"grow": [0.5, 0.25], "freeze_static": None}), grown)
     assert masks["stem.weight"][:12].sum() == 0 and bool(masks["stem.weight"][12:].all())  # 8 + 4 new, 16 static
     assert bool(masks["heads.2.classifier.weight"].all()) and "heads.1.classifier.weight" not in masks
+
+
+def test_the_plain_network_of_a_grown_supernet_is_its_static_source():
+    from enas4d.export.baseline import family_spec
+
+    static = _static("resnet20_static")
+    grown = from_static(static, num_stages=3, grow=(0.5, 0.25))
+    spec = family_spec({"name": grown.name, "spec": grown.spec.to_dict()})
+    assert [g.width for g in spec.groups] == [16, 32, 64] and spec.reads_from is None
+    split = from_static(static, num_stages=3)
+    assert family_spec({"name": split.name, "spec": split.spec.to_dict()}) == split.spec
