@@ -21,7 +21,7 @@ import torch
 import enas4d
 from enas4d.export import jit
 from enas4d.export.early_exit import build_early_exit
-from enas4d.nn.bn import CalibrationSet, recalibrate_bn
+from enas4d.nn.bn import BNEstimationSet, reestimate_bn
 from enas4d.search.evaluator import CandidateEvaluator
 from enas4d.training.module import SupernetModule
 
@@ -53,10 +53,10 @@ def _module(family: str, stages: int, teacher: bool = False) -> SupernetModule:
     if teacher:  # a frozen static network whose last output is the teacher's logits (the from_static path)
         source = enas4d.create_supernet(family, num_classes=10, num_stages=1, in_chans=3)
         source.set_subnet(source.space.largest())
-        recalibrate_bn(source, [x for x, _ in _batches(1, seed=7)])
+        reestimate_bn(source, [x for x, _ in _batches(1, seed=7)])
         teacher_net = source.extract(source.space.largest())
     return SupernetModule(net, functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True), None,
-                          {"name": "digits"}, n_random=1, teacher_net=teacher_net, calibration_images=8)
+                          {"name": "digits"}, n_random=1, teacher_net=teacher_net, bn_images=8)
 
 
 def _on(device: str, tensors) -> bool:
@@ -97,11 +97,11 @@ def test_training_step_runs_on_the_device(device, family, stages, teacher, monke
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("family,stages", NETS)
 def test_validation_of_the_fixed_subnets_runs_on_the_device(device, family, stages, monkeypatch):
-    """BN re-estimation of the min/mid/max subnets (CPU calibration batches moved to the device) and
+    """BN re-estimation of the min/mid/max subnets (CPU BN estimation batches moved to the device) and
     validation_step's eval-mode forward and accuracy update, on the module's device."""
     module = _module(family, stages).to(device)
-    calib = CalibrationSet([x for x, _ in _batches(2, seed=1)])  # held on the CPU, as the module keeps it
-    monkeypatch.setattr(module, "calibration_set", lambda: calib)
+    bn_set = BNEstimationSet([x for x, _ in _batches(2, seed=1)])  # held on the CPU, as the module keeps it
+    monkeypatch.setattr(module, "bn_set", lambda: bn_set)
     logged: dict[str, torch.Tensor] = {}
     monkeypatch.setattr(module, "log_dict", lambda values, **kw: logged.update(values))
     seen = []
@@ -135,8 +135,8 @@ def test_search_candidate_evaluation_runs_on_the_device(device):
         cpu_net.load_state_dict(net.state_dict())
     net.to(device)
     val = _batches(3, size=8, seed=3)
-    calib = CalibrationSet([x for x, _ in _batches(2, seed=4)])
-    ev = CandidateEvaluator(net, calib, val, "max_softmax", None)
+    bn_set = BNEstimationSet([x for x, _ in _batches(2, seed=4)])
+    ev = CandidateEvaluator(net, bn_set, val, "max_softmax", None)
     arch = net.space.smallest()
     seen = []
     hook = net.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
@@ -148,13 +148,13 @@ def test_search_candidate_evaluation_runs_on_the_device(device):
     else:
         rec = ev.record(arch)
         assert rec.pred.shape == rec.conf.shape == (2, 24) and rec.pred.dtype == np.int64
-        ref = CandidateEvaluator(cpu_net, calib, val, "max_softmax", None).record(arch)
+        ref = CandidateEvaluator(cpu_net, bn_set, val, "max_softmax", None).record(arch)
         assert np.mean(rec.pred == ref.pred) > 0.9  # other kernels (TF32) may flip a near tie
         assert np.allclose(rec.conf, ref.conf, atol=1e-2)
     hook.remove()
     assert net.bn_subnet == arch.with_all_exits()  # the statistics were re-estimated on the device
     assert seen and all(x.device.type == device and _on(device, out) for x, out in seen)
-    assert len(seen) == len(calib.batches) + len(val)  # calibration, then the whole validation split
+    assert len(seen) == len(bn_set.batches) + len(val)  # BN estimation, then the whole validation split
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -167,7 +167,7 @@ def test_extracted_subnet_and_its_export_run_on_the_device(device, family, stage
     net = enas4d.create_supernet(family, num_classes=10, num_stages=stages, in_chans=3)
     s = net.space.sample(torch.Generator().manual_seed(5))
     net.set_subnet(s)
-    recalibrate_bn(net, [x for x, _ in _batches(2, seed=6)])
+    reestimate_bn(net, [x for x, _ in _batches(2, seed=6)])
     net.eval()
     static = net.extract(s).eval()
     x = torch.rand(4, 3, 8, 8)

@@ -1,6 +1,6 @@
 """Wall-clock of exported early-exit models against a K = 1 export and a plain static network.
 
-For every family (random weights, BatchNorm calibrated on random images, then folded, scripted and
+For every family (random weights, BatchNorm statistics re-estimated on random images, then folded, scripted and
 reloaded the way enas4d-export writes model.ts): the largest subnet with the family's smallest
 kernel exported at K = 1 and at K = 3, both forced through their last exit, and the family's plain
 static network (``resnet_cifar``: a plain ResNet-20 of nn.Conv2d/BatchNorm; enas4d.export.baseline)
@@ -21,7 +21,7 @@ With ``--layout`` the K = 3 export is also built with other slice layouts (defau
                    0.5x and 0.25x as wide in front, the static network as the last slice, which
                    reads only its own slice (reads_from)
 
-each with random weights, BatchNorm calibrated and folded like the others, forced through its last
+each with random weights, BatchNorm re-estimated and folded like the others, forced through its last
 exit, timed interleaved with the rest, with its tax against the K = 1 export. Where the static
 network is not the K = 1 export's architecture (mbv3_static has 5x5 depthwise kernels, the K = 1
 export the --kernel choice) its own K = 1 export ("K=1 static") is timed too, and the grow tax is
@@ -56,7 +56,7 @@ from enas4d.export import jit
 from enas4d.export.baseline import count_macs, family_spec, plain_for
 from enas4d.export.early_exit import build_early_exit
 from enas4d.models.supernet import MultiStageSupernet
-from enas4d.nn.bn import recalibrate_bn
+from enas4d.nn.bn import reestimate_bn
 from enas4d.space import Subnet
 from enas4d.transform import from_static
 
@@ -113,7 +113,7 @@ def export_of(family: str, num_stages: int, kernel: str, seed: int = 0,
     s = largest_subnet(net, kernel)
     net.set_subnet(s)
     gen = torch.Generator().manual_seed(seed)
-    recalibrate_bn(net, [torch.randn(16, 3, s.resolution, s.resolution, generator=gen)])
+    reestimate_bn(net, [torch.randn(16, 3, s.resolution, s.resolution, generator=gen)])
     net.eval()
     E = sum(s.exits)
     model = build_early_exit(net.extract(s), MEAN, STD, [0.5] * (E - 1) + [0.0], 10)

@@ -19,7 +19,7 @@ import torch
 
 from enas4d.checkpoint import load_supernet
 from enas4d.checkpoint import build_datamodule
-from enas4d.nn.bn import CalibrationSet, evaluate_exits
+from enas4d.nn.bn import BNEstimationSet, evaluate_exits
 from enas4d.training.module import SupernetModule
 from enas4d.transform import from_static
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     static, meta = load_supernet(args.ckpt)
     dm = build_datamodule(meta, {})
     dm.setup("fit")
-    calib = CalibrationSet(dm.calibration_dataloader(1000))
+    bn_set = BNEstimationSet(dm.bn_dataloader(1000))
     val = []
     for x, y in dm.val_dataloader():
         val.append((x, y))
@@ -46,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             break
     data = iter(dm.train_dataloader())
     batches = [next(data) for _ in range(args.steps)]
-    print(f"static {static.name}: exit accuracy {evaluate_exits(static, static.space.largest(), calib, val)}")
+    print(f"static {static.name}: exit accuracy {evaluate_exits(static, static.space.largest(), bn_set, val)}")
     print(f"{'sorted':>7} | {'steps':>5} | " + " | ".join(f"exit {k + 1}" for k in range(args.stages)))
     for sort in (False, True):
         torch.manual_seed(0)
         net = from_static(static, args.stages, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3), sort=sort)
-        acc = evaluate_exits(net, net.space.largest(), calib, val)
+        acc = evaluate_exits(net, net.space.largest(), bn_set, val)
         print(f"{str(sort):>7} | {0:>5} | " + " | ".join(f"{100 * a:5.2f}%" for a in acc), flush=True)
         if not batches:
             continue
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        acc = evaluate_exits(net, net.space.largest(), calib, val)
+        acc = evaluate_exits(net, net.space.largest(), bn_set, val)
         print(f"{str(sort):>7} | {args.steps:>5} | " + " | ".join(f"{100 * a:5.2f}%" for a in acc), flush=True)
     return 0
 

@@ -37,7 +37,7 @@ from enas4d.search.calibrate import calibrate, exit_costs, exit_subsets, simulat
 from enas4d.checkpoint import build_datamodule  # noqa: E402
 from enas4d.search.cli import CONF_DIR, search  # noqa: E402
 from enas4d.search.evaluator import CandidateEvaluator  # noqa: E402
-from enas4d.nn.bn import CalibrationSet  # noqa: E402
+from enas4d.nn.bn import BNEstimationSet  # noqa: E402
 from enas4d.utils.seed import make_generator  # noqa: E402
 
 
@@ -100,9 +100,9 @@ def main() -> None:
     net, meta = load_supernet(ckpt)
     dm = build_datamodule(meta, {})
     val = [(x, y) for x, y in dm.val_dataloader()]
-    calib = CalibrationSet(dm.calibration_dataloader(num_images=args.bn_images, batch_size=200))
+    bn_set = BNEstimationSet(dm.bn_dataloader(num_images=args.bn_images, batch_size=200))
     n_val = sum(len(y) for _, y in val)
-    ev = CandidateEvaluator(net, calib, val, "max_softmax", cache=None)
+    ev = CandidateEvaluator(net, bn_set, val, "max_softmax", cache=None)
     gen = make_generator(0, 99)
     archs = [net.space.sample(gen).with_all_exits() for _ in range(args.candidates)]
     t0 = time.perf_counter()
@@ -112,7 +112,7 @@ def main() -> None:
     for a in archs:
         ev.table(a)
     t_hit = time.perf_counter() - t0
-    print(f"[1] {n_val} validation + {calib.num_images} BN images: {args.candidates / t_eval:.3f} candidates/s "
+    print(f"[1] {n_val} validation + {bn_set.num_images} BN images: {args.candidates / t_eval:.3f} candidates/s "
           f"({t_eval / args.candidates:.2f} s each, network); {args.candidates / max(t_hit, 1e-9):.0f}/s from cache")
 
     # 2. Cached calibration vs re-running the network per threshold setting (same architecture).
@@ -120,7 +120,7 @@ def main() -> None:
     body, heads = net.stage_macs(a)
     gen = np.random.default_rng(0)
     settings = [[float(t) for t in gen.uniform(0.1, 0.9, net.num_stages - 1)] + [0.0] for _ in range(args.settings)]
-    calib.calibrate(net, a)
+    bn_set.reestimate(net, a)
     net.eval()
     t0 = time.perf_counter()
     for ths in settings:  # early exit simulated on the network's outputs of one full pass

@@ -164,7 +164,7 @@ def train_cmd(run_dir: Path, overrides: list[str], args: argparse.Namespace) -> 
         cmd += ["trainer=gpu", "torch_threads=null", "data.num_workers=4"]
     if args.quick:
         cmd += [f"trainer.limit_train_batches={args.train_batches}", "trainer.limit_val_batches=2",
-                "module.calibration_images=256"]
+                "module.bn_images=256"]
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         cmd.append(f"ckpt_path={last}")

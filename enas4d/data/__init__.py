@@ -2,7 +2,7 @@
 
 Every datamodule yields ``(x, y)`` batches, x float32 (N, 3, H, W) normalised, y int64 (N,), and
 exposes ``num_classes``, ``class_names``, ``in_chans``, ``image_size``, ``mean``, ``std`` and
-``calibration_dataloader()``; see :mod:`enas4d.data.base` for the shared behaviour.
+``bn_dataloader()``; see :mod:`enas4d.data.base` for the shared behaviour.
 """
 
 from __future__ import annotations

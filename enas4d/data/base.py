@@ -9,7 +9,7 @@ A datamodule here owns four things the training, search and export code rely on:
 - cheap batched augmentation (random translate + horizontal flip) applied in
   ``on_after_batch_transfer`` while training, seeded from ``(seed, epoch, batch_idx, rank)``, and a
   train order seeded from ``(seed, epoch)``, so a resumed run sees the same batches;
-- a fixed, cached calibration subset of the training split (no augmentation) on which BatchNorm
+- a fixed, cached BN estimation subset of the training split (no augmentation) on which BatchNorm
   statistics of a subnet are re-estimated before it is evaluated.
 
 Every dataloader yields ``(x, y)``: x float32 (N, 3, H, W) already normalised, y int64 (N,).
@@ -44,7 +44,7 @@ __all__ = [
 _SPLIT_KEY = 1
 _SHUFFLE_KEY = 2
 _AUGMENT_KEY = 3
-_CALIBRATION_KEY = 4
+_BN_KEY = 4
 
 # Version of the dict returned by ImageDataModule.state_dict (bump on any change of its keys).
 STATE_VERSION = 1
@@ -144,7 +144,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class ImageDataModule(pl.LightningDataModule, abc.ABC):
-    """Base class: split, normalisation, batched augmentation, calibration subset and state.
+    """Base class: split, normalisation, batched augmentation, BN estimation subset and state.
 
     Subclasses implement :meth:`_build_splits` and set the dataset attributes in ``__init__``.
 
@@ -156,7 +156,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         image_size: Height = width of every batch, in pixels.
         mean: Per-channel mean of training pixels in [0, 1]; ``None`` until ``setup`` or restore.
         std: Per-channel standard deviation, same convention as ``mean``.
-        seed: Base seed of split, shuffling, augmentation and calibration subset.
+        seed: Base seed of split, shuffling, augmentation and BN estimation subset.
     """
 
     in_chans: int = 3
@@ -224,7 +224,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
 
         self._train: Dataset | None = None  # uint8 samples of the train split, set by setup()
         self._val: Dataset | None = None
-        self._calibration_positions: dict[int, list[int]] = {}  # num_images -> positions in _train
+        self._bn_positions: dict[int, list[int]] = {}  # num_images -> positions in _train
         self._train_sampler: EpochShuffleSampler | None = None
         # (epoch, index within it) of the last training batch augmented; see _next_train_batch_idx.
         self._train_batch: tuple[int, int] | None = None
@@ -272,7 +272,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
     def _compute_stats(self, train: Dataset) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of pixels in [0, 1] over the training split (or a fixed subset)."""
         if self.stats_max_images is not None and len(train) > self.stats_max_images:
-            train = Subset(train, self._calibration_subset(train, self.stats_max_images))
+            train = Subset(train, self._bn_subset(train, self.stats_max_images))
         loader = DataLoader(
             train, batch_size=_STATS_CHUNK, shuffle=False, num_workers=self.num_workers, collate_fn=collate_uint8
         )
@@ -289,12 +289,12 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt().clamp_min(1e-3)
         return mean.tolist(), std.tolist()
 
-    def _calibration_subset(self, train: Dataset, num_images: int) -> list[int]:
+    def _bn_subset(self, train: Dataset, num_images: int) -> list[int]:
         """Positions in ``train`` of a fixed random subset of ``min(num_images, len(train))`` images."""
-        if num_images not in self._calibration_positions:
-            order = torch.randperm(len(train), generator=make_generator(self.seed, _CALIBRATION_KEY))
-            self._calibration_positions[num_images] = order[:num_images].tolist()
-        return self._calibration_positions[num_images]
+        if num_images not in self._bn_positions:
+            order = torch.randperm(len(train), generator=make_generator(self.seed, _BN_KEY))
+            self._bn_positions[num_images] = order[:num_images].tolist()
+        return self._bn_positions[num_images]
 
     # ----------------------------------------------------------------------------------------
     # Lightning hooks
@@ -350,7 +350,7 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
         _, val = self._splits()
         return self._loader(val, self.eval_batch_size, sampler=None, drop_last=False)
 
-    def calibration_dataloader(self, num_images: int = 2000, batch_size: int | None = None) -> DataLoader:
+    def bn_dataloader(self, num_images: int = 2000, batch_size: int | None = None) -> DataLoader:
         """Batches of a fixed, cached subset of the *training* split, without augmentation.
 
         Used to re-estimate BatchNorm statistics of a subnet before evaluating it. The same images,
@@ -361,9 +361,9 @@ class ImageDataModule(pl.LightningDataModule, abc.ABC):
             batch_size: Images per batch; ``None`` means ``eval_batch_size``.
         """
         if num_images < 1:
-            raise ValueError(f"calibration num_images must be >= 1, got {num_images}")
+            raise ValueError(f"bn_dataloader: num_images must be >= 1, got {num_images}")
         train, _ = self._splits()
-        subset = Subset(train, self._calibration_subset(train, num_images))
+        subset = Subset(train, self._bn_subset(train, num_images))
         size = self.eval_batch_size if batch_size is None else batch_size
         return self._loader(subset, size, sampler=None, drop_last=False)
 

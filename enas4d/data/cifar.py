@@ -141,10 +141,10 @@ class CIFARDataModule(ImageDataModule):
                 ``cifar-10-batches-py`` / ``cifar-100-python``, or that folder itself).
             variant: ``cifar10`` or ``cifar100``; sets the number of classes and their names.
             batch_size: Training images per batch.
-            eval_batch_size: Validation/calibration images per batch; ``None`` means ``batch_size``.
+            eval_batch_size: Validation/BN-estimation images per batch; ``None`` means ``batch_size``.
             val_fraction: Fraction of the training images held out for validation.
             val_size: Number of validation images; overrides ``val_fraction`` when set.
-            seed: Seed of split, shuffling, augmentation and calibration subset.
+            seed: Seed of split, shuffling, augmentation and BN estimation subset.
             mean: Per-channel mean of [0, 1] pixels; ``None`` computes it from the train split.
             std: Per-channel std, given together with ``mean``.
             crop_padding: Padding of the standard random 32x32 crop (0 disables).

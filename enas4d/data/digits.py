@@ -53,10 +53,10 @@ class DigitsDataModule(ImageDataModule):
         Args:
             image_size: Side in pixels the 8x8 digits are resized to.
             batch_size: Training images per batch.
-            eval_batch_size: Validation/calibration images per batch; ``None`` means ``batch_size``.
+            eval_batch_size: Validation/BN-estimation images per batch; ``None`` means ``batch_size``.
             val_fraction: Fraction of the 1,797 images held out for validation.
             val_size: Number of validation images; overrides ``val_fraction`` when set.
-            seed: Seed of split, shuffling, augmentation and calibration subset.
+            seed: Seed of split, shuffling, augmentation and BN estimation subset.
             mean: Per-channel mean of [0, 1] pixels; ``None`` computes it from the train split.
             std: Per-channel std, given together with ``mean``.
             crop_padding: Maximum random translation in pixels while training (0 disables).

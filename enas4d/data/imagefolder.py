@@ -79,10 +79,10 @@ class ImageFolderDataModule(ImageDataModule):
             use_val_folder: Use ``path/val`` as the validation split when it exists; set false to
                 carve validation out of the training images (e.g. when ``val/`` is your test set).
             batch_size: Training images per batch.
-            eval_batch_size: Validation/calibration images per batch; ``None`` means ``batch_size``.
+            eval_batch_size: Validation/BN-estimation images per batch; ``None`` means ``batch_size``.
             val_fraction: Fraction of training images held out when no ``val/`` folder is used.
             val_size: Number of held-out validation images; overrides ``val_fraction`` when set.
-            seed: Seed of split, shuffling, augmentation and calibration subset.
+            seed: Seed of split, shuffling, augmentation and BN estimation subset.
             mean: Per-channel mean of [0, 1] pixels; ``None`` computes it from 2,000 training images.
             std: Per-channel std, given together with ``mean``.
             crop_padding: Maximum random translation in pixels while training (0 disables).

@@ -129,7 +129,7 @@ def plain_network(spec: NetSpec, num_classes: int, in_chans: int = 3, resolution
 
 
 @torch.no_grad()
-def calibrate_plain(net: PlainNet, images: Tensor) -> PlainNet:
+def reestimate_bn_plain(net: PlainNet, images: Tensor) -> PlainNet:
     """Give every BatchNorm the statistics of ``images`` (so activations have a realistic scale)."""
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in bns:
@@ -165,12 +165,12 @@ def _grown_from(spec: NetSpec) -> NetSpec:
 
 
 def plain_for(spec: NetSpec, num_classes: int, in_chans: int = 3, fold_bn: bool = True, seed: int = 0) -> PlainNet:
-    """The plain network of ``spec`` with random weights and BatchNorm calibrated on random images
+    """The plain network of ``spec`` with random weights and BatchNorm statistics re-estimated on random images
     (folded, as an export's), activations in place: ready to time like an exported model."""
     torch.manual_seed(seed)
     net = plain_network(spec, num_classes, in_chans, mean=(0.5,) * in_chans, std=(0.25,) * in_chans)
     side = net.preprocess.resolution
-    calibrate_plain(net, torch.rand(16, in_chans, side, side, generator=torch.Generator().manual_seed(seed)))
+    reestimate_bn_plain(net, torch.rand(16, in_chans, side, side, generator=torch.Generator().manual_seed(seed)))
     if fold_bn:
         fold_batchnorm(net)
     activations_in_place(net)  # as the exported models do

@@ -5,7 +5,7 @@
 
 The supernet, its weights and the data (the training run's split and normalisation) are rebuilt
 from the checkpoint; the subnet, thresholds and confidence measure come from the search's
-``result.json``. BatchNorm statistics are re-estimated on the same calibration subset the search
+``result.json``. BatchNorm statistics are re-estimated on the same BN estimation subset the search
 used (``bn`` settings), so the exported model is the network the search scored. :func:`export`
 is the importable function; :func:`main` the thin Hydra entry point. Settings: conf/export.yaml.
 """
@@ -90,7 +90,7 @@ def export(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
 
 
 def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
-    from enas4d.nn.bn import CalibrationSet
+    from enas4d.nn.bn import BNEstimationSet
 
     console = console or Console()
     for key in ("eval_batch_size", "check_images", "opset") + \
@@ -135,7 +135,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
         console.print(f"export: warning: BatchNorm re-estimated on {bn_images} images in batches of {bn_batch}, the "
                       f"search used {dataclasses.asdict(searched_bn)}; the exported model is not exactly the network "
                       "it scored")
-    calib = CalibrationSet(dm.calibration_dataloader(num_images=bn_images, batch_size=bn_batch))
+    bn_set = BNEstimationSet(dm.bn_dataloader(num_images=bn_images, batch_size=bn_batch))
     # The first validation images, for the equivalence checks.
     first = next(rebatch(dm.val_dataloader(), int(cfg.check_images)), None)
     if first is None:
@@ -149,7 +149,7 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
                   f"{[round(t, 4) for t in choice.thresholds]}) -> {out}")
     result = export_subnet(
         net, choice.subnet, choice.thresholds, out, confidence=choice.confidence, data=data,
-        calib_batches=calib.batches, val_batches=val if cfg.validate else None, check_images=check,
+        bn_batches=bn_set.batches, val_batches=val if cfg.validate else None, check_images=check,
         checkpoint=ckpt, checkpoint_sha256=digest, result=result_path, search_info=choice.info, latency=choice.latency,
         supernet_meta=dict(meta.supernet),
         fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), overwrite=bool(cfg.overwrite))

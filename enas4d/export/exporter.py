@@ -43,7 +43,7 @@ from enas4d.export.jit import quiet_torchscript
 from enas4d.export.metrics import exit_report
 from enas4d.export.onnx_export import export_onnx
 from enas4d.models.supernet import MultiStageSupernet
-from enas4d.nn.bn import recalibrate_bn
+from enas4d.nn.bn import reestimate_bn
 from enas4d.utils.files import make_temp_dir, write_json
 from enas4d.space import Subnet
 
@@ -231,7 +231,7 @@ def check_decisions(model: EarlyExitNet, ref: tuple[Tensor, Tensor], other: tupl
 # ------------------------------------------------------------------------------------ export
 @torch.no_grad()
 def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[float], out: str | os.PathLike, *,
-                  confidence: str, data: DataInfo, calib_batches: Iterable[Any],
+                  confidence: str, data: DataInfo, bn_batches: Iterable[Any],
                   val_batches: Iterable[tuple[Tensor, Tensor]] | None,
                   check_images: Tensor, checkpoint: str, checkpoint_sha256: str | None = None,
                   result: str | None = None,
@@ -248,7 +248,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         confidence: the confidence measure the thresholds apply to (see ``CONFIDENCES``).
         out: output folder; see :func:`check_out_dir` for when an existing one is accepted.
         data: mean/std/class names the model normalises with and records.
-        calib_batches: normalised batches (or ``(x, y)``) to re-estimate BatchNorm statistics on.
+        bn_batches: normalised batches (or ``(x, y)``) to re-estimate BatchNorm statistics on.
         val_batches: ``(x in [0, 1], y)`` batches of the validation split for the model card, or None.
         check_images: (M, C, H, W) images in [0, 1] on which supernet, eager, TorchScript and
             ONNX outputs are compared (export fails if they disagree).
@@ -268,7 +268,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     remove_stale_temps(out)
     check_out_dir(out, overwrite, protect)
     thresholds = _check_inputs(net, subnet, thresholds, check_images)
-    model = _extract(net, subnet, thresholds, confidence, data, calib_batches, fold_bn)
+    model = _extract(net, subnet, thresholds, confidence, data, bn_batches, fold_bn)
     ver = _verify_eager(net, subnet, model, data, check_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
@@ -314,10 +314,10 @@ def _check_inputs(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
 
 
 def _extract(net: MultiStageSupernet, subnet: Subnet, thresholds: list[float], confidence: str, data: DataInfo,
-             calib_batches: Iterable[Any], fold_bn: bool) -> EarlyExitNet:
+             bn_batches: Iterable[Any], fold_bn: bool) -> EarlyExitNet:
     """The subnet with BatchNorm statistics of its own, then the standalone model."""
     net.set_subnet(subnet)
-    recalibrate_bn(net, calib_batches)
+    reestimate_bn(net, bn_batches)
     net.eval()
     return build_early_exit(net.extract(subnet), data.mean, data.std, thresholds, net.num_classes, confidence,
                             fold_bn)

@@ -1,12 +1,12 @@
-"""BatchNorm re-estimation for one subnet (exact pooled statistics over a calibration set).
+"""BatchNorm re-estimation for one subnet (exact pooled statistics over a BN estimation set).
 
 The supernet's BatchNorm keeps no running statistics while training (they would mix every
-subnet), so a subnet is evaluated only after :func:`recalibrate_bn` re-estimated them for it, on a
-:class:`CalibrationSet` (a fixed, cached subset of the training split). Training's validation, the
+subnet), so a subnet is evaluated only after :func:`reestimate_bn` re-estimated them for it, on a
+:class:`BNEstimationSet` (a fixed, cached subset of the training split). Training's validation, the
 search and the export all go through it.
 
 A supernet (:class:`TracksBNSubnet`) records which subnet its running statistics were estimated
-for (``bn_subnet``: set by :func:`recalibrate_bn` and :func:`load_bn_buffers`, saved in its state
+for (``bn_subnet``: set by :func:`reestimate_bn` and :func:`load_bn_buffers`, saved in its state
 dict and so in checkpoints) and refuses, with :class:`BNStatsError`, an eval-mode forward of
 another subnet; ``MultiStageSupernet.extract`` refuses one too (:meth:`TracksBNSubnet.check_bn`).
 """
@@ -27,8 +27,8 @@ from enas4d.space import Subnet
 if TYPE_CHECKING:
     from enas4d.models.supernet import MultiStageSupernet
 
-__all__ = ["BNBuffers", "BNStatsError", "CalibrationSet", "TracksBNSubnet", "bn_buffers", "evaluate_exits",
-           "load_bn_buffers", "recalibrate_bn"]
+__all__ = ["BNBuffers", "BNStatsError", "BNEstimationSet", "TracksBNSubnet", "bn_buffers", "evaluate_exits",
+           "load_bn_buffers", "reestimate_bn"]
 
 TAG_BYTES = 4096  # size of the saved tag: fixed, so state-dict copies between networks keep working
 _EXTRA_STATE = "_extra_state"  # torch's state-dict key suffix of get_extra_state()
@@ -47,7 +47,7 @@ def _check_before_forward(net: "TracksBNSubnet", _args: tuple) -> None:
 class TracksBNSubnet(nn.Module):
     """A supernet that records which subnet its BatchNorm running statistics belong to.
 
-    ``bn_subnet`` is the subnet they were estimated for (None: unknown). :func:`recalibrate_bn`
+    ``bn_subnet`` is the subnet they were estimated for (None: unknown). :func:`reestimate_bn`
     sets it to the active subnet, :func:`load_bn_buffers` to the subnet the buffers were saved
     for; it travels in the state dict (``_extra_state``, so in checkpoints), and a state dict
     saved without it loads as unknown. A plain network (K = 1 and one architecture) with an
@@ -111,7 +111,7 @@ class TracksBNSubnet(nn.Module):
         name = getattr(self, "name", "") or type(self).__name__
         raise BNStatsError(f"{action} subnet {target.to_json()}: the BatchNorm running statistics of {name} were "
                            f"estimated for {what}; re-estimate them for this subnet first "
-                           "(enas4d.nn.bn.recalibrate_bn or CalibrationSet.calibrate)")
+                           "(enas4d.nn.bn.reestimate_bn or BNEstimationSet.reestimate)")
 
     @contextlib.contextmanager
     def bn_unchecked(self) -> Iterator["TracksBNSubnet"]:
@@ -161,7 +161,7 @@ class TracksBNSubnet(nn.Module):
 
 
 @torch.no_grad()
-def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]) -> int:
+def reestimate_bn(net: nn.Module, batches: Iterable[Tensor | tuple[Tensor, ...] | list[Tensor]]) -> int:
     """Re-estimate the running statistics of every MSBatchNorm2d for the active subnet.
 
     Runs ``net`` in training mode (each BN normalises with its batch's statistics, as in training)
@@ -200,7 +200,7 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor | tuple[Tensor, ...]
             h.remove()
         net.train(was_training)
     if seen == 0:
-        raise ValueError("recalibrate_bn: the calibration set is empty")
+        raise ValueError("reestimate_bn: the BN estimation set is empty")
     for mod, (s, sq, n, idx) in stats.items():
         mean = s / n
         var = (sq / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
@@ -216,11 +216,11 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[Tensor | tuple[Tensor, ...]
     return seen
 
 
-class CalibrationSet:
+class BNEstimationSet:
     """Image batches held in memory (on CPU) for BatchNorm re-estimation.
 
-    Build it once from ``datamodule.calibration_dataloader(num_images)`` (a fixed subset of the
-    training split without augmentation); every :meth:`calibrate` then sees the same images.
+    Build it once from ``datamodule.bn_dataloader(num_images)`` (a fixed subset of the
+    training split without augmentation); every :meth:`reestimate` then sees the same images.
     """
 
     def __init__(self, batches: Iterable[Tensor | Sequence[Tensor]]):
@@ -229,17 +229,17 @@ class CalibrationSet:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             self.batches.append(x.detach().cpu())
         if not self.batches:
-            raise ValueError("calibration set: the calibration dataloader yielded no batches")
+            raise ValueError("BN estimation set: the BN dataloader yielded no batches")
 
     @property
     def num_images(self) -> int:
         """Images held."""
         return sum(b.shape[0] for b in self.batches)
 
-    def calibrate(self, net: MultiStageSupernet, subnet: Subnet) -> None:
+    def reestimate(self, net: MultiStageSupernet, subnet: Subnet) -> None:
         """Make ``subnet`` active in ``net`` and re-estimate its BatchNorm statistics here."""
         net.set_subnet(subnet)
-        recalibrate_bn(net, self.batches)
+        reestimate_bn(net, self.batches)
 
 
 class BNBuffers(list):
@@ -273,15 +273,15 @@ def load_bn_buffers(net: MultiStageSupernet, buffers: Sequence[tuple[Tensor, Ten
 
 
 @torch.no_grad()
-def evaluate_exits(net: MultiStageSupernet, subnet: Subnet, calibration: CalibrationSet,
+def evaluate_exits(net: MultiStageSupernet, subnet: Subnet, bn_set: BNEstimationSet,
                    batches: Iterable[Sequence[Tensor]]) -> list[float]:
-    """Top-1 accuracy of every exit of ``subnet`` (all exits enabled) after BN calibration.
+    """Top-1 accuracy of every exit of ``subnet`` (all exits enabled) after BN re-estimation.
 
     ``batches`` yields ``(x, y)``; the network runs in eval mode on its own device and is left
-    with ``subnet`` active and calibrated.
+    with ``subnet`` active and its BN statistics re-estimated.
     """
     s = subnet.with_all_exits()
-    calibration.calibrate(net, s)
+    bn_set.reestimate(net, s)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device

@@ -179,7 +179,7 @@ class MSBatchNorm2d(nn.Module):
 
     In training mode it normalises with batch statistics and does not track running statistics:
     a supernet's running statistics mean nothing for any one subnet, so evaluation first
-    re-estimates them (:func:`enas4d.nn.bn.recalibrate_bn`).
+    re-estimates them (:func:`enas4d.nn.bn.reestimate_bn`).
     """
 
     def __init__(self, chs: Sequence[int], eps: float = 1e-5):

@@ -1,13 +1,13 @@
 """One-pass candidate evaluation and its on-disk cache (JSON lines, append-only, resumable).
 
 Evaluating an architecture: make it the active subnet with every exit enabled, re-estimate its
-BatchNorm statistics on the cached calibration batches (a fixed subset of the *training* split),
+BatchNorm statistics on the cached BN estimation batches (a fixed subset of the *training* split),
 run the validation split once, and keep each exit's predicted class and confidence per image.
 Everything the search needs afterwards (thresholds for any budget, the static single-exit
 accuracy, the Pareto front) is computed from that :class:`~enas4d.search.calibrate.ExitTable`.
 
 The cache file starts with a header line (format version, a fingerprint of everything that
-determines the numbers: checkpoint bytes, data, validation labels, BatchNorm calibration,
+determines the numbers: checkpoint bytes, data, validation labels, BatchNorm re-estimation,
 confidence measure) followed by one line per architecture. The file name carries a hash of the
 fingerprint, so searches with other budgets on the same checkpoint share it, and anything that
 would change the numbers gets a new file. A killed search leaves at worst a partial last line,
@@ -33,7 +33,7 @@ from enas4d.models import MultiStageSupernet
 from enas4d.search.calibrate import ExitTable, confidence
 from enas4d.utils.files import file_digest, write_atomic  # file_digest: re-exported for search
 from enas4d.space import Subnet
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 
 __all__ = ["CACHE_VERSION", "SearchError", "EvalCache", "CandidateEvaluator", "file_digest", "fingerprint_name"]
 
@@ -153,17 +153,17 @@ class CandidateEvaluator:
     Args:
         net: the supernet (its active subnet is changed; restored by callers if they care); batches
             are moved to its device, results come back to the CPU.
-        calibration: the BatchNorm calibration subset (training split), held in memory.
+        bn_set: the BN estimation subset (training split), held in memory.
         val_batches: the validation split as ``(x, y)`` batches, cached in memory.
         measure: confidence measure (see :func:`~enas4d.search.calibrate.confidence`).
         cache: where results are stored; ``None`` keeps them in memory only.
     """
 
-    def __init__(self, net: MultiStageSupernet, calibration: CalibrationSet,
+    def __init__(self, net: MultiStageSupernet, bn_set: BNEstimationSet,
                  val_batches: Sequence[tuple[Tensor, Tensor]], measure: str, cache: EvalCache | None):
         if not val_batches or sum(len(y) for _, y in val_batches) == 0:
             raise SearchError("data: the validation split is empty; the search needs validation images")
-        self.net, self.calibration, self.val_batches, self.measure = net, calibration, list(val_batches), measure
+        self.net, self.bn_set, self.val_batches, self.measure = net, bn_set, list(val_batches), measure
         self.labels = torch.cat([y for _, y in self.val_batches]).numpy().astype(np.int64)  # (N,)
         self.cache = cache
         if cache is not None and not np.array_equal(cache.labels, self.labels):
@@ -216,7 +216,7 @@ class CandidateEvaluator:
             self.hits += 1
             return rec
         start = time.perf_counter()
-        self.calibration.calibrate(self.net, arch.with_all_exits())
+        self.bn_set.reestimate(self.net, arch.with_all_exits())
         self.net.eval()
         pred, conf = self._forward()
         rec = CacheRecord(pred, conf, time.perf_counter() - start)

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from enas4d.checkpoint import CheckpointMeta, build_datamodule, load_supernet
 from enas4d.models import MultiStageSupernet
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 from enas4d.search.budget import Budget, BudgetError, format_macs, format_seconds
 from enas4d.search.calibrate import forced_exit_costs, min_cost
 from enas4d.search.config import NO_PROFILE, SearchConfig
@@ -87,10 +87,10 @@ class _Bounds:
 
 @dataclass
 class _Data:
-    """The validation split (in evaluation batches), the BatchNorm calibration images and the labels."""
+    """The validation split (in evaluation batches), the BN estimation images and the labels."""
 
     val_batches: list[Any]
-    calib: CalibrationSet
+    bn_set: BNEstimationSet
     labels: np.ndarray
     overrides: dict[str, Any]  # data_overrides= applied to the checkpoint's datamodule
 
@@ -108,7 +108,7 @@ def prepare(cfg: SearchConfig, console: Console) -> Setup:
     cache_path, cache = _open_cache(cfg, meta, ckpt_sha, data)
     _announce(cfg, net, budget_spec, b, latency, f"{len(data.labels)} validation images on {device}; cache "
               f"{cache_path} ({len(cache)} architectures)", console)
-    evaluator = CandidateEvaluator(net, data.calib, data.val_batches, cfg.confidence, cache)
+    evaluator = CandidateEvaluator(net, data.bn_set, data.val_batches, cfg.confidence, cache)
     if file_digest(cfg.ckpt) != ckpt_sha:  # rewritten while it was read (a training still running)
         raise SearchError(f"ckpt: {cfg.ckpt!r} changed while the search read it; search again once it is written")
     return Setup(net, meta, b.budget, b.largest_macs, b.smallest_macs, evaluator, cache_path, ckpt_sha,
@@ -160,15 +160,15 @@ def _resolve_budget(net: MultiStageSupernet, budget_spec: Budget, latency: Laten
 
 
 def _load_data(cfg: SearchConfig, meta: CheckpointMeta) -> _Data:
-    """The checkpoint's datamodule (with data_overrides=): its validation split and calibration images."""
+    """The checkpoint's datamodule (with data_overrides=): its validation split and BN estimation images."""
     overrides = dict(cfg.data_overrides or {})
     dm = build_datamodule(meta, overrides)
     val_batches = list(rebatch(dm.val_dataloader(), cfg.eval_batch_size))
     if not val_batches:
         raise SearchError("data: the validation split is empty; the search needs validation images")
-    calib = CalibrationSet(dm.calibration_dataloader(num_images=cfg.bn.images, batch_size=cfg.bn.batch_size))
+    bn_set = BNEstimationSet(dm.bn_dataloader(num_images=cfg.bn.images, batch_size=cfg.bn.batch_size))
     labels = np.concatenate([y.numpy() for _, y in val_batches]).astype(np.int64)
-    return _Data(val_batches, calib, labels, overrides)
+    return _Data(val_batches, bn_set, labels, overrides)
 
 
 def _open_cache(cfg: SearchConfig, meta: CheckpointMeta, ckpt_sha: str, data: _Data) -> tuple[Path, EvalCache]:
@@ -178,7 +178,7 @@ def _open_cache(cfg: SearchConfig, meta: CheckpointMeta, ckpt_sha: str, data: _D
                 if k not in ("num_workers", "pin_memory", "batch_size", "eval_batch_size", "path")}
     fingerprint = {"checkpoint_sha256": ckpt_sha,
                    "data": {"name": meta.data["name"], "cfg": data_cfg},
-                   "bn_images": data.calib.num_images, "bn_batch_size": cfg.bn.batch_size,
+                   "bn_images": data.bn_set.num_images, "bn_batch_size": cfg.bn.batch_size,
                    "confidence": cfg.confidence, "num_val_images": int(len(data.labels)),
                    "labels_sha256": hashlib.sha256(data.labels.tobytes()).hexdigest()}
     cache_path = Path(cfg.cache_dir) / f"{Path(cfg.ckpt).stem}-{fingerprint_name(fingerprint)}.jsonl"

@@ -17,7 +17,7 @@ only once" check). The cost is memory: the graphs of all sampled subnets are ali
 ``2 + n_random`` times a single subnet's activations.
 
 Validation evaluates the smallest, a middle and the largest subnet, each after BatchNorm
-re-estimation on the datamodule's fixed calibration subset (the largest's statistics stay loaded,
+re-estimation on the datamodule's fixed BN estimation subset (the largest's statistics stay loaded,
 recorded as ``net.bn_subnet``, so a checkpoint says whose they are), and logs every exit's accuracy as
 ``val/{min,mid,max}/exit{k}``; ``val/acc`` is the mean last-exit accuracy of the three (of the distinct
 ones: a one-architecture space, a static network, validates only ``max``).
@@ -39,7 +39,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from enas4d.checkpoint import CheckpointError, make_meta
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.space import SearchSpace, Subnet
-from enas4d.nn.bn import CalibrationSet, bn_buffers, load_bn_buffers
+from enas4d.nn.bn import BNEstimationSet, bn_buffers, load_bn_buffers
 from enas4d.training.losses import multi_exit_loss
 from enas4d.training.optim import param_groups, schedule_length
 from enas4d.training.sampling import SandwichSampler, middle_subnet
@@ -102,8 +102,8 @@ class SupernetModule(pl.LightningModule):
         teacher_net: a frozen network whose last output is the teacher's logits (kept in eval mode).
         frozen: parameter name (in ``net``) -> bool mask of entries that every optimizer step leaves
             as they were at the first step (a grown S2DNAS supernet's static stage), or None.
-        calibration_images: images of the fixed calibration subset used before every evaluation.
-        calibration_batch_size: batch size of BN calibration (None: the datamodule's eval batch size).
+        bn_images: images of the fixed BN estimation subset (training split) used before every evaluation.
+        bn_batch_size: batch size of BN re-estimation (None: the datamodule's eval batch size).
         seed: base seed of subnet sampling.
     """
 
@@ -112,7 +112,7 @@ class SupernetModule(pl.LightningModule):
                  exit_weights: Sequence[float] | None = None, label_smoothing: float = 0.1,
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, weight_decay: float = 5e-5,
                  shrinking: Sequence[dict[str, Any]] | None = None, grad_clip_norm: float | None = None,
-                 teacher: str = "auto", teacher_net: torch.nn.Module | None = None, calibration_images: int = 2000, calibration_batch_size: int | None = None, seed: int = 0,
+                 teacher: str = "auto", teacher_net: torch.nn.Module | None = None, bn_images: int = 2000, bn_batch_size: int | None = None, seed: int = 0,
                  frozen: dict[str, Tensor] | None = None):
         super().__init__()
         K = net.num_stages
@@ -125,8 +125,8 @@ class SupernetModule(pl.LightningModule):
         if kd_weight < 0 or kd_temperature <= 0:
             raise ValueError(f"module.kd_weight={kd_weight}, module.kd_temperature={kd_temperature}: "
                              "allowed kd_weight >= 0 and kd_temperature > 0")
-        if calibration_images < 1:
-            raise ValueError(f"module.calibration_images={calibration_images} not allowed; allowed: >= 1")
+        if bn_images < 1:
+            raise ValueError(f"module.bn_images={bn_images} not allowed; allowed: >= 1")
         if grad_clip_norm is not None and grad_clip_norm <= 0:
             raise ValueError(f"module.grad_clip_norm={grad_clip_norm} not allowed; allowed: > 0 or null")
         if teacher not in ("auto", "none"):
@@ -148,14 +148,14 @@ class SupernetModule(pl.LightningModule):
         self.exit_weights = weights
         self.label_smoothing, self.kd_weight, self.kd_temperature = label_smoothing, kd_weight, kd_temperature
         self.weight_decay, self.grad_clip_norm = weight_decay, grad_clip_norm
-        self.calibration_images, self.calibration_batch_size = calibration_images, calibration_batch_size
+        self.bn_images, self.bn_batch_size = bn_images, bn_batch_size
         self.sampler = SandwichSampler(net.space, n_random, seed, shrinking)
         space = net.space
         self.val_subnets = _distinct({"min": space.smallest(), "mid": middle_subnet(space), "max": space.largest()})
         self.val_acc = torch.nn.ModuleDict({
             f"{name}_exit{k + 1}": MulticlassAccuracy(net.num_classes, average="micro")
             for name in self.val_subnets for k in range(K)})
-        self._calibration: CalibrationSet | None = None
+        self._bn_set: BNEstimationSet | None = None
         self._val_bn: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.last_step: dict[str, Any] | None = None  # what the last training step did (for callbacks)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "teacher_net"])
@@ -266,24 +266,23 @@ class SupernetModule(pl.LightningModule):
             return None
 
     # -------------------------------------------------------------- validation
-    def calibration_set(self) -> CalibrationSet:
-        """The fixed calibration subset of the training split, loaded once and cached."""
-        if self._calibration is None:
+    def bn_set(self) -> BNEstimationSet:
+        """The fixed BN estimation subset of the training split, loaded once and cached."""
+        if self._bn_set is None:
             trainer = self._attached_trainer()
             dm = trainer.datamodule if trainer is not None else None
-            if dm is None or not hasattr(dm, "calibration_dataloader"):
-                raise RuntimeError("SupernetModule needs a datamodule with calibration_dataloader() "
+            if dm is None or not hasattr(dm, "bn_dataloader"):
+                raise RuntimeError("SupernetModule needs a datamodule with bn_dataloader() "
                                    "(pass datamodule= to Trainer.fit)")
-            self._calibration = CalibrationSet(dm.calibration_dataloader(self.calibration_images,
-                                                                         self.calibration_batch_size))
-        return self._calibration
+            self._bn_set = BNEstimationSet(dm.bn_dataloader(self.bn_images, self.bn_batch_size))
+        return self._bn_set
 
     def on_validation_epoch_start(self) -> None:
         """Re-estimate and keep the BatchNorm statistics of each validated subnet."""
-        calib = self.calibration_set()
+        bn_set = self.bn_set()
         self._val_bn = {}
         for name, s in self.val_subnets.items():
-            calib.calibrate(self.net, s)
+            bn_set.reestimate(self.net, s)
             self._val_bn[name] = bn_buffers(self.net)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the behaviour every datamodule shares (split, order, augmentation, calibration, state).
+"""Tests of the behaviour every datamodule shares (split, order, augmentation, BN estimation subset, state).
 
 Run on DigitsDataModule: it is bundled with scikit-learn and loads in a fraction of a second.
 """
@@ -95,16 +95,16 @@ def test_augmentation_needs_only_the_trainers_public_attributes():
     assert torch.equal(dm.on_after_batch_transfer(batches[1], 0)[0], dm.augment_batch(batches[1][0], 5, 0, 1))
 
 
-def test_calibration_loader_is_fixed_and_from_train_split():
+def test_bn_loader_is_fixed_and_from_train_split():
     dm = _digits()
-    first = [x for x, _ in dm.calibration_dataloader(num_images=100, batch_size=40)]
-    again = [x for x, _ in dm.calibration_dataloader(num_images=100, batch_size=40)]
-    other = [x for x, _ in _digits().calibration_dataloader(num_images=100, batch_size=40)]
+    first = [x for x, _ in dm.bn_dataloader(num_images=100, batch_size=40)]
+    again = [x for x, _ in dm.bn_dataloader(num_images=100, batch_size=40)]
+    other = [x for x, _ in _digits().bn_dataloader(num_images=100, batch_size=40)]
     assert [len(x) for x in first] == [40, 40, 20]
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(first, again, other))
-    calibration = dm.calibration_dataloader(num_images=100).dataset
-    assert calibration.dataset is dm.train_dataloader().dataset  # a subset of the train split
-    assert len(set(calibration.indices)) == 100
+    bn_subset = dm.bn_dataloader(num_images=100).dataset
+    assert bn_subset.dataset is dm.train_dataloader().dataset  # a subset of the train split
+    assert len(set(bn_subset.indices)) == 100
 
 
 def test_state_dict_round_trip():

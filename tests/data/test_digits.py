@@ -39,8 +39,8 @@ def test_split_sizes(digits):
 
 
 def test_train_split_is_normalised(digits):
-    # The calibration loader covers the whole train split when asked for more images than it has.
-    x = torch.cat([x for x, _ in digits.calibration_dataloader(num_images=10**6)])
+    # The BN estimation loader covers the whole train split when asked for more images than it has.
+    x = torch.cat([x for x, _ in digits.bn_dataloader(num_images=10**6)])
     assert x.shape[0] == NUM_DIGITS - round(0.1 * NUM_DIGITS)
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)

@@ -1,4 +1,4 @@
-"""Test helpers for the export tests: calibrated random subnets, thresholds, a reference early exit."""
+"""Test helpers for the export tests: random subnets with re-estimated BN statistics, thresholds, a reference early exit."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import Tensor
 import enas4d
 from enas4d.checkpoint import make_meta
 from enas4d.models.supernet import MultiStageSupernet
-from enas4d.nn.bn import recalibrate_bn
+from enas4d.nn.bn import reestimate_bn
 from enas4d.search.calibrate import confidence
 from enas4d.space import Subnet
 from enas4d.utils.cli import CONF_DIR
@@ -28,7 +28,7 @@ DATA_CFG = dict(image_size=8, batch_size=32, eval_batch_size=None, val_fraction=
                 crop_padding=0, hflip=False, num_workers=0, pin_memory=False)
 
 
-def calibrated(name: str, num_stages: int, seed: int, exits: tuple[bool, ...] | None = None
+def bn_reestimated(name: str, num_stages: int, seed: int, exits: tuple[bool, ...] | None = None
                ) -> tuple[MultiStageSupernet, Subnet]:
     """A random-weight supernet with a random subnet active, BN re-estimated on random images, eval mode."""
     torch.manual_seed(seed)
@@ -38,7 +38,7 @@ def calibrated(name: str, num_stages: int, seed: int, exits: tuple[bool, ...] | 
         s = Subnet(s.resolution, s.width, s.kernel, s.depth, s.expand, exits)
     net.set_subnet(s)
     gen = make_generator(seed, 2)
-    recalibrate_bn(net, [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(2)])
+    reestimate_bn(net, [torch.randn(8, 3, 32, 32, generator=gen) for _ in range(2)])
     return net.eval(), s
 
 

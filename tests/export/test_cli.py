@@ -21,11 +21,11 @@ from enas4d.export.evaluate import evaluate
 from enas4d.export.exporter import ExportError, is_export
 from enas4d.checkpoint import build_datamodule
 from enas4d.space import Subnet
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 
 from .helpers import compose_cfg, quiet, simulate, split_thresholds, write_checkpoint, write_result
 
-BN = ["bn.images=48", "bn.batch_size=24"]  # small calibration subset; the thresholds below use the same
+BN = ["bn.images=48", "bn.batch_size=24"]  # small BN estimation subset; the thresholds below use the same
 REQUIRED = {"subnet", "thresholds", "resolution", "mean", "std", "class_names", "exit_macs", "checkpoint"}
 
 
@@ -39,7 +39,7 @@ def exp(tmp_path_factory):
     s0 = net.space.smallest()
     s = Subnet(28, s0.width, s0.kernel, s0.depth, s0.expand, (True, True, True))
     dm = build_datamodule(meta, {})
-    CalibrationSet(dm.calibration_dataloader(num_images=48, batch_size=24)).calibrate(net, s)
+    BNEstimationSet(dm.bn_dataloader(num_images=48, batch_size=24)).reestimate(net, s)
     net.eval()
     x, y = (torch.cat(t) for t in zip(*dm.val_dataloader()))
     with torch.no_grad():
@@ -270,7 +270,7 @@ def test_thresholds_given_to_export_subnet_are_checked(exp, tmp_path):
     with pytest.raises(ExportError, match=r"thresholds\[0\]=7 is not allowed; allowed values: numbers in \[0, 1\]"):
         exporter.export_subnet(net, s, [7, 0.5, 0.0], tmp_path / "o", confidence="max_softmax",
                                data=exporter.DataInfo("digits", {}, [0.5] * 3, [0.2] * 3, [str(i) for i in range(10)]),
-                               calib_batches=[], val_batches=None, check_images=torch.rand(2, 3, 8, 8),
+                               bn_batches=[], val_batches=None, check_images=torch.rand(2, 3, 8, 8),
                                checkpoint=str(exp["ckpt"]))
     assert exporter.check_thresholds([0, 1, 0.25]) == [0.0, 1.0, 0.25]
 

@@ -19,7 +19,7 @@ from enas4d.nn.layers import MSBatchNorm2d, MSConv2d
 from enas4d.search import calibrate
 from enas4d.search.calibrate import confidence
 
-from .helpers import MEAN, STD, calibrated, normalise, simulate, split_thresholds
+from .helpers import MEAN, STD, bn_reestimated, normalise, simulate, split_thresholds
 
 CASES = [  # (supernet, stages, seed, confidence measure, fold BN, exits)
     ("resnet_cifar", 3, 0, "max_softmax", True, (True, True, True)),
@@ -36,7 +36,7 @@ def script(m: nn.Module) -> torch.jit.ScriptModule:
 def case(request):
     """(supernet, subnet, eager model, scripted model, images, per-exit reference logits, thresholds, measure)."""
     name, K, seed, measure, fold, exits = request.param
-    net, s = calibrated(name, K, seed, exits)
+    net, s = bn_reestimated(name, K, seed, exits)
     x = torch.rand(48, 3, 30, 30, generator=torch.Generator().manual_seed(seed))  # resized to s.resolution inside
     with torch.no_grad():
         ref = net(normalise(x))
@@ -137,7 +137,7 @@ def test_holds_only_real_plain_modules(case):
 @pytest.fixture(scope="module")
 def small():
     """A 2-stage resnet_cifar subnet: (supernet, subnet, eager model, scripted model)."""
-    net, s = calibrated("resnet_cifar", 2, 5, (True, True))
+    net, s = bn_reestimated("resnet_cifar", 2, 5, (True, True))
     model = build_early_exit(net.extract(s), MEAN, STD, [0.5, 0.0], 10)
     return net, s, model, script(model)
 

@@ -17,7 +17,7 @@ from enas4d.export.early_exit import build_early_exit
 from enas4d.export.onnx_export import export_onnx
 from enas4d.export.onnx_runner import OnnxEarlyExit
 
-from .helpers import MEAN, STD, calibrated, normalise, simulate, split_thresholds
+from .helpers import MEAN, STD, bn_reestimated, normalise, simulate, split_thresholds
 
 CASES = [  # (supernet, stages, seed, confidence measure, exits)
     ("resnet_cifar", 3, 10, "max_softmax", (True, True, True)),
@@ -29,7 +29,7 @@ CASES = [  # (supernet, stages, seed, confidence measure, exits)
 def exported(request, tmp_path_factory):
     """(export folder, eager model, images, per-exit supernet logits, thresholds, measure)."""
     name, K, seed, measure, exits = request.param
-    net, s = calibrated(name, K, seed, exits)
+    net, s = bn_reestimated(name, K, seed, exits)
     x = torch.rand(40, 3, 36, 36, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = net(normalise(x))

@@ -9,7 +9,7 @@ import torch
 
 import enas4d
 from enas4d.checkpoint import load_supernet, make_meta
-from enas4d.nn.bn import BNStatsError, bn_buffers, load_bn_buffers, recalibrate_bn
+from enas4d.nn.bn import BNStatsError, bn_buffers, load_bn_buffers, reestimate_bn
 from enas4d.transform import from_static
 
 DATA = {"name": "random", "cfg": {}, "mean": [0.0] * 3, "std": [1.0] * 3,
@@ -29,9 +29,9 @@ def test_another_subnet_is_refused_until_re_estimated():
     net = _net()
     big, small = net.space.largest(), net.space.smallest()
     x = _batches(1)[0]
-    with pytest.raises(BNStatsError, match="estimated for no known subnet.*recalibrate_bn"):
+    with pytest.raises(BNStatsError, match="estimated for no known subnet.*reestimate_bn"):
         net.eval()(x)  # a new network: its statistics belong to no subnet
-    recalibrate_bn(net, [x])
+    reestimate_bn(net, [x])
     assert net.bn_subnet == big
     assert len(net(x)) == 2
     net.extract(big)
@@ -45,7 +45,7 @@ def test_another_subnet_is_refused_until_re_estimated():
     with pytest.raises(BNStatsError, match="^extract subnet"):
         net.extract(small)
     net.train()(x)  # training mode uses batch statistics: nothing to check
-    recalibrate_bn(net, [x])  # for the active subnet, the smallest
+    reestimate_bn(net, [x])  # for the active subnet, the smallest
     assert net.bn_subnet == small
     net.eval()(x)
     net.extract(small)
@@ -61,7 +61,7 @@ def test_statistics_of_fewer_exits_do_not_serve_more():
     net = _net()
     s = dataclasses.replace(net.space.largest(), exits=(False, True))
     net.set_subnet(s)
-    recalibrate_bn(net, _batches(1))  # exit 1's head did not run
+    reestimate_bn(net, _batches(1))  # exit 1's head did not run
     with pytest.raises(BNStatsError):
         net.extract(net.space.largest())
 
@@ -70,7 +70,7 @@ def test_the_tag_survives_state_dict_and_checkpoint(tmp_path):
     net = _net()
     s = net.space.smallest()
     net.set_subnet(s)
-    recalibrate_bn(net, _batches())
+    reestimate_bn(net, _batches())
     other = _net()
     other.load_state_dict(net.state_dict())
     assert other.bn_subnet == s
@@ -90,7 +90,7 @@ def test_the_tag_survives_state_dict_and_checkpoint(tmp_path):
 
 def test_a_state_dict_without_the_tag_loads_as_unknown():
     net = _net()
-    recalibrate_bn(net, _batches(1))
+    reestimate_bn(net, _batches(1))
     old = {k: v for k, v in net.state_dict().items() if k != "_extra_state"}  # saved before the tag existed
     other = _net()
     other.load_state_dict(old)  # strict
@@ -102,11 +102,11 @@ def test_a_state_dict_without_the_tag_loads_as_unknown():
 def test_saved_buffers_carry_their_subnet():
     net = _net()
     big, small = net.space.largest(), net.space.smallest()
-    recalibrate_bn(net, _batches())
+    reestimate_bn(net, _batches())
     saved = bn_buffers(net)
     assert saved.subnet == big
     net.set_subnet(small)
-    recalibrate_bn(net, _batches())
+    reestimate_bn(net, _batches())
     load_bn_buffers(net, saved)
     assert net.bn_subnet == big
     net.eval()
@@ -126,7 +126,7 @@ def test_static_statistics_serve_only_the_static_subnet():
     split = from_static(static, num_stages=3).eval()  # the static statistics, split: nobody's
     with pytest.raises(BNStatsError, match="another search space"):
         split(x)
-    recalibrate_bn(split, [x])
+    reestimate_bn(split, [x])
     split(x)
     wider = from_static(static, num_stages=1, width_mults=(0.5, 1.0), kernels=(3, 5)).eval()
     assert wider.bn_subnet == static.bn_subnet  # the static architecture, still in the new space

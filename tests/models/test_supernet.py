@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import enas4d
 from enas4d.models.supernet import MultiStageSupernet
-from enas4d.nn.bn import recalibrate_bn
+from enas4d.nn.bn import reestimate_bn
 from enas4d.space import InvalidSubnetError
 from tests.models.helpers import perturb_after, randomize_bn
 
@@ -176,7 +176,7 @@ def test_num_stages_range(k):
     s = net.space.sample(torch.Generator().manual_seed(k))
     net.set_subnet(s)
     x = torch.randn(2, 3, 32, 32)
-    recalibrate_bn(net, [x])
+    reestimate_bn(net, [x])
     out = net.eval()(x)
     assert len(out) == sum(s.exits) and out[0].shape == (2, 7)
     with pytest.raises(ValueError, match="num_stages"):

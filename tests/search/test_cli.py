@@ -21,7 +21,7 @@ from enas4d.checkpoint import build_datamodule
 from enas4d.search.cli import search
 from enas4d.search.evaluator import SearchError
 from enas4d.search.result import load_result
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 
 from .conftest import DATA_CFG, write_checkpoint
 
@@ -37,9 +37,9 @@ def reevaluate(ckpt: Path, result: dict) -> tuple[float, float]:
     """Accuracy and average MACs of result.json's subnet + thresholds, recomputed from scratch."""
     net, meta = load_supernet(ckpt)
     dm = build_datamodule(meta, {})
-    calib = CalibrationSet(dm.calibration_dataloader(num_images=48, batch_size=24))
+    bn_set = BNEstimationSet(dm.bn_dataloader(num_images=48, batch_size=24))
     s = net.space.from_dict(result["subnet"])
-    calib.calibrate(net, s)
+    bn_set.reestimate(net, s)
     net.eval()
     x, y = (torch.cat(t) for t in zip(*dm.val_dataloader()))
     with torch.no_grad():

@@ -16,7 +16,7 @@ from enas4d.search.budget import BudgetError
 from enas4d.search.cli import search
 from enas4d.utils.device import resolve_device
 from enas4d.search.evaluator import CandidateEvaluator, SearchError
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -110,6 +110,6 @@ def test_evaluation_runs_on_the_network_device():
     moved, the subnet's index tensors follow the net); only copying the results back fails (no values)."""
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2, in_chans=3).to("meta")
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
-    ev = CandidateEvaluator(net, CalibrationSet([x]), [(x, y)], "max_softmax", None)
+    ev = CandidateEvaluator(net, BNEstimationSet([x]), [(x, y)], "max_softmax", None)
     with pytest.raises(NotImplementedError, match="meta tensor"):  # a device mismatch would be a RuntimeError
         ev.record(net.space.smallest())

@@ -12,7 +12,7 @@ import torch
 import enas4d
 from enas4d.search.calibrate import confidence
 from enas4d.search.evaluator import CacheRecord, CandidateEvaluator, EvalCache, SearchError
-from enas4d.nn.bn import CalibrationSet
+from enas4d.nn.bn import BNEstimationSet
 
 FP = {"checkpoint_sha256": "abc", "confidence": "max_softmax"}
 
@@ -62,17 +62,17 @@ def test_evaluator_matches_direct_forward_and_caches(tmp_path):
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2, in_chans=3)
     x = torch.randn(24, 3, 8, 8)
     y = torch.randint(0, 10, (24,))
-    calib = CalibrationSet([torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8)])
+    bn_set = BNEstimationSet([torch.randn(16, 3, 8, 8), torch.randn(16, 3, 8, 8)])
     val = [(x[:10], y[:10]), (x[10:], y[10:])]
     path = tmp_path / "c.jsonl"
     # An exit disabled, so that the key's independence of exits below is really exercised.
     arch = dataclasses.replace(net.space.sample(torch.Generator().manual_seed(1)), exits=(False, True))
-    ev = CandidateEvaluator(net, calib, val, "max_softmax", EvalCache(path, FP, y.numpy()))
+    ev = CandidateEvaluator(net, bn_set, val, "max_softmax", EvalCache(path, FP, y.numpy()))
     table = ev.table(arch)
     assert (ev.misses, ev.hits) == (1, 0) and table.correct.shape == (2, 24)
 
-    # The same numbers by hand: recalibrate BN for the subnet, eval mode, all exits.
-    calib.calibrate(net, arch.with_all_exits())
+    # The same numbers by hand: re-estimate BN for the subnet, eval mode, all exits.
+    bn_set.reestimate(net, arch.with_all_exits())
     net.eval()
     with torch.no_grad():
         outs = net(x)
@@ -86,7 +86,7 @@ def test_evaluator_matches_direct_forward_and_caches(tmp_path):
     # MACs: those of the supernet, computed once per architecture whatever its exits.
     assert ev.stage_macs(arch) == net.stage_macs(arch.with_all_exits())
     assert ev.stage_macs(arch) is ev.stage_macs(arch.with_all_exits())
-    ev2 = CandidateEvaluator(net, calib, val, "max_softmax", EvalCache(path, FP, y.numpy()))
+    ev2 = CandidateEvaluator(net, bn_set, val, "max_softmax", EvalCache(path, FP, y.numpy()))
     assert ev2.is_cached(arch)
     assert np.array_equal(ev2.table(arch).conf, table.conf) and ev2.misses == 0
 
@@ -94,4 +94,4 @@ def test_evaluator_matches_direct_forward_and_caches(tmp_path):
 def test_empty_validation_split_is_refused():
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2, in_chans=3)
     with pytest.raises(SearchError, match="validation split is empty"):
-        CandidateEvaluator(net, CalibrationSet([torch.randn(4, 3, 8, 8)]), [], "max_softmax", None)
+        CandidateEvaluator(net, BNEstimationSet([torch.randn(4, 3, 8, 8)]), [], "max_softmax", None)

@@ -14,7 +14,7 @@ from enas4d.checkpoint import CheckpointError, load_supernet, make_meta, read_ch
 from enas4d.data import DigitsDataModule, create_datamodule
 from enas4d.nn.bn import BNStatsError
 from enas4d.train import summary_rows
-from enas4d.training import CalibrationSet, SupernetModule, check_meta_compatible, evaluate_exits
+from enas4d.training import BNEstimationSet, SupernetModule, check_meta_compatible, evaluate_exits
 from enas4d.training.module import SAMPLER_CKPT_KEY
 from enas4d.training.optim import cosine_schedule
 
@@ -31,7 +31,7 @@ def _meta(dm: DigitsDataModule) -> dict:
 
 
 def _module(net, dm, **kw) -> SupernetModule:
-    kw = {"calibration_images": 16, **kw}
+    kw = {"bn_images": 16, **kw}
     return SupernetModule(net, functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, nesterov=True),
                           functools.partial(cosine_schedule), _meta(dm), **kw)
 
@@ -65,17 +65,17 @@ def test_every_parameter_learns(fitted):
     assert fitted["trainer"].global_step == 2  # one optimizer step per batch
 
 
-def test_validation_logs_each_exit_after_calibration(fitted):
+def test_validation_logs_each_exit_after_bn_reestimation(fitted):
     metrics = fitted["trainer"].callback_metrics
     for name in ("min", "mid", "max"):
         for k in (1, 2):
             assert 0.0 <= float(metrics[f"val/{name}/exit{k}"]) <= 1.0
-    # The logged accuracy is the one an independent BN-calibrated evaluation gives.
+    # The logged accuracy is the one an independent BN-re-estimated evaluation gives.
     dm, net, module = fitted["dm"], fitted["net"], fitted["module"]
-    calib = CalibrationSet(dm.calibration_dataloader(16))
+    bn_set = BNEstimationSet(dm.bn_dataloader(16))
     val = [next(iter(dm.val_dataloader()))]  # limit_val_batches=1
     for name, s in module.val_subnets.items():
-        accs = evaluate_exits(net, s, calib, val)
+        accs = evaluate_exits(net, s, bn_set, val)
         assert accs == pytest.approx([float(metrics[f"val/{name}/exit{k}"]) for k in (1, 2)])
     expected = sum(float(metrics[f"val/{n}/exit2"]) for n in ("min", "mid", "max")) / 3
     assert float(metrics["val/acc"]) == pytest.approx(expected)
@@ -116,7 +116,7 @@ def test_checkpoint_says_whose_batchnorm_statistics_it_holds(fitted):
     x = torch.randn(2, 3, 24, 24)
     net(x)  # load_supernet: eval mode, the largest subnet active
     net.set_subnet(space.smallest())
-    with pytest.raises(BNStatsError, match="recalibrate_bn"):
+    with pytest.raises(BNStatsError, match="reestimate_bn"):
         net(x)
 
 
@@ -124,7 +124,7 @@ def test_a_training_step_makes_the_statistics_nobodys(tmp_path):
     dm = _datamodule()
     dm.setup("fit")
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2)
-    CalibrationSet(dm.calibration_dataloader(16)).calibrate(net, net.space.largest())
+    BNEstimationSet(dm.bn_dataloader(16)).reestimate(net, net.space.largest())
     assert net.bn_subnet == net.space.largest()
     _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(_module(net, dm), datamodule=dm)
     assert net.bn_subnet is None  # estimated for the weights before the step
@@ -152,7 +152,7 @@ def test_checkpoint_of_other_supernet_is_refused(fitted):
 @pytest.mark.parametrize("kw, field", [({"exit_weights": [1.0]}, "exit_weights"),
                                        ({"label_smoothing": 1.0}, "label_smoothing"),
                                        ({"n_random": -2}, "n_random"),
-                                       ({"calibration_images": 0}, "calibration_images")])
+                                       ({"bn_images": 0}, "bn_images")])
 def test_bad_settings_name_the_field(fitted, kw, field):
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2)
     with pytest.raises(ValueError, match=field):

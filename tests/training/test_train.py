@@ -180,7 +180,7 @@ CIFAR10 = CONF_DIR.parent.parent / "shared" / "data" / "cifar10" / "train.npz"
 def test_cifar10_cpu_preset_runs_one_batch(tiny_cfg):
     """The CIFAR-10 preset on the real data, with fast_dev_run (one training and one validation batch)."""
     metrics, objects = train(tiny_cfg("experiment=cifar10_cpu", "debug=fdr", "data.batch_size=16",
-                                      "data.eval_batch_size=64", "module.calibration_images=64"))
+                                      "data.eval_batch_size=64", "module.bn_images=64"))
     dm = objects["datamodule"]
     assert dm.num_classes == 10 and len(dm.class_names) == 10 and "val/acc" in metrics
 

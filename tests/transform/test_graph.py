@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from enas4d.checkpoint import build_supernet
-from enas4d.nn.bn import recalibrate_bn
+from enas4d.nn.bn import reestimate_bn
 from enas4d.nn.layers import MSBatchNorm2d, offsets
 from enas4d.transform import GraphSupernet, TransformError, from_static
 from enas4d.transform.graph import GraphConv, GraphHead
@@ -218,7 +218,7 @@ def test_checkpoint_rebuild():
     rebuilt = build_supernet(sn)
     assert rebuilt.space == net.space
     x = torch.rand(2, 3, R, R)
-    recalibrate_bn(net, [x])
+    reestimate_bn(net, [x])
     rebuilt.load_state_dict(net.state_dict())
     assert rebuilt.bn_subnet == net.bn_subnet == net.space.largest()  # whose statistics: in the state dict
     with torch.no_grad():
