@@ -70,7 +70,7 @@ from torch import Tensor, nn
 import enas4d
 from enas4d.search.calibrate import exit_costs, expected_cost, forced_exit_costs
 from enas4d.space import Subnet
-from enas4d.utils.files import file_digest, write_json
+from enas4d.utils.files import file_digest, read_json, write_json
 from enas4d.utils.seed import make_generator
 
 __all__ = ["PROFILE_FORMAT", "PROFILE_VERSION", "BODY_FEATURES", "HEAD_FEATURES", "CLOCKS", "RUNTIMES",
@@ -377,10 +377,9 @@ class DeviceProfile:
         if not os.path.isfile(p):
             raise LatencyError(f"{field}: no device profile at {p!r}; make one with enas4d-profile ckpt=...")
         try:
-            with open(p) as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LatencyError(f"{field}: {p!r} is not readable JSON ({type(e).__name__})") from e
+            data = read_json(p)
+        except ValueError as e:
+            raise LatencyError(f"{field}: {e}") from e
         return cls.from_json(data, os.path.abspath(p), file_digest(p), field)
 
 

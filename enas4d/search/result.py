@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from enas4d.utils.files import write_json
+from enas4d.utils.files import read_json, write_json
 from enas4d.utils.typed import FieldError, read, rule
 
 __all__ = ["RESULT_VERSION", "READ_VERSIONS", "ResultError", "SearchResult", "StaticBest", "CrossFitted",
@@ -251,8 +251,7 @@ def load_result(path: str | os.PathLike) -> SearchResult:
     if not os.path.isfile(path):
         raise ResultError(f"result: no result file at {path!r}")
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ResultError(f"result: {path!r} is not readable JSON ({str(e).splitlines()[0]})") from e
+        data = read_json(path)
+    except ValueError as e:
+        raise ResultError(f"result: {e}") from e
     return SearchResult.from_dict(data, path)

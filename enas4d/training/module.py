@@ -142,7 +142,7 @@ class SupernetModule(pl.LightningModule):
         if unknown:
             raise ValueError(f"frozen: {unknown[0]!r} is not a parameter of the network")
         self.frozen = dict(frozen or {})
-        self._frozen_values: dict[str, Tensor] | None = None  # taken at the first step (after a resume's restore)
+        self._frozen_values: list[tuple[Tensor, Tensor, Tensor]] | None = None  # taken at the first step
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_meta = dict(data_meta)
         self.exit_weights = weights
@@ -244,10 +244,8 @@ class SupernetModule(pl.LightningModule):
         """Put the frozen entries back (the optimizer's update, weight decay and momentum included)."""
         if not self.frozen:
             return
-        params = dict(self.net.named_parameters())
-        for name, mask in self.frozen.items():
-            p = params[name]
-            p[mask.to(p.device)] = self._frozen_values[name]
+        for p, mask, values in self._frozen_values:
+            p[mask] = values
 
     @torch.no_grad()
     def _record_frozen(self) -> None:
@@ -255,7 +253,11 @@ class SupernetModule(pl.LightningModule):
         checkpoint's weights are loaded by then: the frozen entries never changed)."""
         if self.frozen and self._frozen_values is None:
             params = dict(self.net.named_parameters())
-            self._frozen_values = {n: params[n][m.to(params[n].device)].clone() for n, m in self.frozen.items()}
+            self._frozen_values = []  # (parameter, mask on its device, frozen values): looked up once
+            for name, mask in self.frozen.items():
+                p = params[name]
+                mask = mask.to(p.device)
+                self._frozen_values.append((p, mask, p[mask].clone()))
 
     def _attached_trainer(self) -> "pl.Trainer | None":
         """The Trainer this module is attached to, or None (the public ``trainer`` raises without one;

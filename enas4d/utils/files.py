@@ -75,6 +75,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in ``path``; ValueError (one line: what is wrong) when it cannot be read."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{os.fspath(path)!r} is not readable JSON ({str(e).splitlines()[0]})") from e
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file's bytes (streamed)."""
     h = hashlib.sha256()
