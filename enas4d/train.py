@@ -97,7 +97,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
             ckpt, _ = read_checkpoint(cfg.ckpt_path)
             check_meta_compatible(ckpt["enas4d"], net, dm.num_classes, repr(str(cfg.ckpt_path)))
         module: SupernetModule = hydra.utils.instantiate(cfg.module, net=net, data_meta=data_meta(dm, cfg.data),
-                                                         teacher_net=teacher_net, frozen=frozen)
+                                                         teacher_net=teacher_net, frozen=frozen,
+                                                         train_stages=net.num_stages - 1 if frozen else None)
         callbacks = _instantiate_dict(cfg.callbacks)
         loggers = _instantiate_dict(cfg.logger)
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=none)

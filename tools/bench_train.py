@@ -9,7 +9,15 @@ both alike; reports the median step time of each and the ratios:
   the elastic machinery; once-for-all measures 0.97x / 1.10x the static network here);
 - ``static largest``: the largest subnet extracted to plain torch modules, trained on all its exits.
 
+With ``--s2dnas-grow``, two more rows, the training of ``make cifar10-reference`` (issue 12):
+
+- ``s2dnas grow``: one fine-tuning step of a static ResNet-20 grown into 3 stages (two new stages in
+  front, ``supernet.grow=[0.5,0.25]``; the static stage frozen, so the step runs stages 1-2 of the
+  largest and smallest subnets plus the static teacher's forward);
+- ``static resnet20``: one plain training step of that static ResNet-20 (the baseline's step).
+
     .venv/bin/python tools/bench_train.py --supernet resnet_cifar --batch-size 64 --threads 2
+    .venv/bin/python tools/bench_train.py --s2dnas-grow --batch-size 128 --threads 1
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="measured steps of each kind")
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured steps of each kind first")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--s2dnas-grow", action="store_true",
+                    help="also time a grown S2DNAS fine-tuning step against a static ResNet-20 step")
     args = ap.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -90,6 +100,8 @@ def main() -> None:
 
     kinds = {"sandwich": sandwich, "supernet largest": single(space.largest()),
              "supernet smallest": single(space.smallest()), "static largest": plain_static}
+    if args.s2dnas_grow:
+        kinds.update(_grow_steps(x, y, sgd, meta))
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.warmup + args.steps):
         for name, fn in kinds.items():  # interleaved: noise hits every kind alike
@@ -106,6 +118,38 @@ def main() -> None:
         print(f"{name:<20}{t:>10.4f}{args.batch_size / t:>12.1f}{t / base:>10.2f}")
     print(f"ratio: one sandwich step takes {med['sandwich'] / base:.2f}x a plain static step of the largest subnet "
           f"({2 + args.n_random} subnets per step)")
+    if args.s2dnas_grow:
+        print(f"ratio: one grown S2DNAS fine-tuning step takes {med['s2dnas grow'] / med['static resnet20']:.2f}x "
+              "a plain static ResNet-20 step")
+
+
+def _grow_steps(x: torch.Tensor, y: torch.Tensor, sgd: Callable, meta: dict) -> dict[str, Callable[[], None]]:
+    """The grown S2DNAS fine-tuning step (as enas4d-train runs it) and the static ResNet-20 step."""
+    from enas4d.transform import from_static
+    from enas4d.transform.s2dnas import grown_static_masks
+
+    static = enas4d.create_supernet("resnet20_static", num_classes=10, num_stages=1).train()
+    teacher = enas4d.create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
+    grown = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3), grow=(0.5, 0.25),
+                        fixed_static=True)
+    module = SupernetModule(grown, sgd, None, meta, n_random=0, teacher_net=teacher,
+                            frozen=grown_static_masks(grown), train_stages=2)
+    opts = {"grow": sgd(param_groups(grown, 5e-4)), "static": sgd(param_groups(static, 5e-4))}
+    steps = iter(range(10**9))
+
+    def grow_step() -> None:
+        total, _ = module.sandwich_loss(x, y, module.sampler.sample(next(steps)))
+        opts["grow"].zero_grad(set_to_none=True)
+        total.backward()
+        opts["grow"].step()
+
+    def static_step() -> None:
+        loss = F.cross_entropy(static(x)[-1], y, label_smoothing=0.1)
+        opts["static"].zero_grad(set_to_none=True)
+        loss.backward()
+        opts["static"].step()
+
+    return {"s2dnas grow": grow_step, "static resnet20": static_step}
 
 
 if __name__ == "__main__":

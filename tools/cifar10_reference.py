@@ -109,6 +109,7 @@ def time_steps(n_steps: int, transform: str = "split") -> tuple[float, float]:
     from enas4d.models import create_supernet
     from enas4d.training.module import SupernetModule
     from enas4d.transform import from_static
+    from enas4d.transform.s2dnas import grown_static_masks
 
     from omegaconf import OmegaConf
 
@@ -116,13 +117,16 @@ def time_steps(n_steps: int, transform: str = "split") -> tuple[float, float]:
     torch.set_num_threads(1)
     static = create_supernet("resnet20_static", num_classes=10, num_stages=1)
     teacher = create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
+    grow = transform == "grow"  # the static stage stays frozen (freeze_static's default) and is not trained
     net = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3),
-                      grow=GROW if transform == "grow" else None)
+                      grow=GROW if grow else None, fixed_static=grow)
     meta = {"name": "cifar10", "cfg": {}, "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": list("0123456789"),
             "image_size": 32}
     sgd = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
     paths = {"static": SupernetModule(static, sgd, None, meta, n_random=1),
-             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=n_random, teacher_net=teacher)}
+             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=n_random, teacher_net=teacher,
+                                      frozen=grown_static_masks(net) if grow else None,
+                                      train_stages=2 if grow else None)}
     opts = {k: sgd(m.net.parameters()) for k, m in paths.items()}
     x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
     times: dict[str, list[float]] = {k: [] for k in paths}

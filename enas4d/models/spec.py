@@ -42,6 +42,9 @@ class NetSpec:
     # the first earlier slice stage k reads (it reads slices reads_from[k]..k; None: all of them).
     slice_fracs: tuple[float, ...] | None = None
     reads_from: tuple[int, ...] | None = None
+    # The last stage is one fixed network (a grown S2DNAS supernet's static stage, kept frozen): one
+    # candidate per choice, its maximum width and depth, the smallest kernel and the largest expand ratio.
+    fixed_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in checkpoints, so a transformed supernet can be rebuilt)."""
@@ -110,4 +113,10 @@ def space_from_spec(spec: NetSpec, num_stages: int) -> SearchSpace:
     expands = None
     if spec.expands is not None:
         expands = tuple(tuple(tuple(spec.expands) for _ in range(G)) for _ in range(K))
+    if spec.fixed_last:
+        widths = (*widths[:-1], tuple((maxw[g][-1],) for g in range(G)))
+        kernels = (*kernels[:-1], tuple((min(spec.kernels),) for _ in range(G)))
+        depths = (*depths[:-1], tuple((gs.depth,) for gs in spec.groups))
+        if expands is not None:
+            expands = (*expands[:-1], tuple((max(spec.expands),) for _ in range(G)))
     return SearchSpace(widths, kernels, depths, expands, tuple(spec.resolutions))

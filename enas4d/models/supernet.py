@@ -39,6 +39,7 @@ class NetPlan:
     stem: ConvPlan
     blocks: list[BlockPlan | None] = field(default_factory=list)  # None: no slice runs the block
     heads: list[HeadPlan] = field(default_factory=list)
+    stages: int = 0  # forward runs the first ``stages`` stages (all K but in training, see set_subnet)
 
 
 class ExitHead(nn.Module):
@@ -125,8 +126,12 @@ class ActiveSubnet(TracksBNSubnet):
         """Move/cast parameters (``.to``, ``.cuda``, ...), then rebuild the plan on the new device."""
         out = super()._apply(fn, recurse)
         if self._plan is not None:
-            self.set_subnet(self._plan.subnet)
+            self._replan()
         return out
+
+    def _replan(self) -> None:
+        """Rebuild the active plan (on the parameters' device)."""
+        self.set_subnet(self._plan.subnet)
 
     @property
     def subnet(self) -> Subnet:
@@ -206,14 +211,16 @@ class MultiStageSupernet(ActiveSubnet):
         self.set_subnet(self.space.largest())
 
     # ------------------------------------------------------------------ config
-    def block_cfgs(self, s: Subnet) -> list[BlockCfg]:
-        """Active shape of every block for subnet ``s`` (validated by the caller)."""
+    def block_cfgs(self, s: Subnet, stages: int | None = None) -> list[BlockCfg]:
+        """Active shape of every block for subnet ``s`` (validated by the caller); slices of stages
+        from ``stages`` on (None: none) are off."""
         K = self.num_stages
+        m = K if stages is None else stages
         hw = (s.resolution - 1) // self.spec.stem_stride + 1
         cfgs = []
         for blk, (g, b) in zip(self.blocks, self._where):
-            a = tuple(s.width[k][g if b > 0 or g == 0 else g - 1] for k in range(K))
-            on = [b < s.depth[k][g] for k in range(K)]
+            a = tuple(s.width[k][g if b > 0 or g == 0 else g - 1] if k < m else 0 for k in range(K))
+            on = [k < m and b < s.depth[k][g] for k in range(K)]
             o = tuple(s.width[k][g] if on[k] else 0 for k in range(K))
             if s.expand is not None:
                 h = tuple(s.expand[k][g] * a[k] if on[k] else 0 for k in range(K))
@@ -233,23 +240,35 @@ class MultiStageSupernet(ActiveSubnet):
         return hw
 
     # ------------------------------------------------------------ active state
-    def set_subnet(self, s: Subnet) -> None:
-        """Make ``s`` the active subnet (validates it); the only writer of active state."""
+    def set_subnet(self, s: Subnet, stages: int | None = None) -> None:
+        """Make ``s`` the active subnet (validates it); the only writer of active state.
+
+        ``stages`` (training only) runs the first ``stages`` stages of ``s``: forward returns their
+        enabled exits and computes nothing of later stages (causality: their exits would be the same).
+        A fine-tuning that keeps the last stage frozen trains this way (SupernetModule.train_stages).
+        """
         self.space.validate(s)
         K = self.num_stages
-        w0 = [s.width[k][0] for k in range(K)]
+        m = K if stages is None else int(stages)
+        if not 1 <= m <= K:
+            raise ValueError(f"stages={stages} not allowed; allowed: 1..{K} or None")
+        w0 = [s.width[k][0] if k < m else 0 for k in range(K)]
         stem = self.stem.plan((self.in_chans,), w0, (3,) * K)
         blocks: list[BlockPlan | None] = []
-        for blk, cfg in zip(self.blocks, self.block_cfgs(s)):
+        for blk, cfg in zip(self.blocks, self.block_cfgs(s, m)):
             blocks.append(blk.plan(cfg) if any(cfg.active) else None)
         last = self._last_widths(s)
         heads = []
-        for k, head in enumerate(self.heads):
+        for k, head in enumerate(self.heads[:m]):
             cols = active_index(head.in_chs, last[:k + 1])
             full = len(cols) == sum(head.in_chs)
             heads.append(HeadPlan(len(cols), None if full else torch.tensor(cols, dtype=torch.long,
                                                                             device=self.stem.weight.device)))
-        self._plan = NetPlan(s, stem, blocks, heads)
+        self._plan = NetPlan(s, stem, blocks, heads, m)
+
+    def _replan(self) -> None:
+        """Rebuild the active plan (on the parameters' device), stage limit included."""
+        self.set_subnet(self._plan.subnet, self._plan.stages)
 
     # ----------------------------------------------------------------- forward
     def check_input(self, x: Tensor) -> None:
@@ -270,7 +289,7 @@ class MultiStageSupernet(ActiveSubnet):
         for blk, bp in zip(self.blocks, p.blocks):
             if bp is not None:
                 x = blk(x, bp)
-        return [head(x, hp) for head, hp, on in zip(self.heads, p.heads, p.subnet.exits) if on]
+        return [head(x, hp) for head, hp, on in zip(self.heads, p.heads, p.subnet.exits[:p.stages]) if on]
 
     # -------------------------------------------------------------------- MACs
     def stage_macs(self, s: Subnet) -> tuple[list[int], list[int]]:

@@ -102,6 +102,9 @@ class SupernetModule(pl.LightningModule):
         teacher_net: a frozen network whose last output is the teacher's logits (kept in eval mode).
         frozen: parameter name (in ``net``) -> bool mask of entries that every optimizer step leaves
             as they were at the first step (a grown S2DNAS supernet's static stage), or None.
+        train_stages: the stages every training forward runs (None: all K); the loss covers their exits.
+            A fine-tuning that keeps the last stage frozen (a grown S2DNAS supernet) runs K - 1: the
+            frozen stage would cost most of the step and train nothing.
         bn_images: images of the fixed BN estimation subset (training split) used before every evaluation.
         bn_batch_size: batch size of BN re-estimation (None: the datamodule's eval batch size).
         seed: base seed of subnet sampling.
@@ -113,13 +116,16 @@ class SupernetModule(pl.LightningModule):
                  kd_weight: float = 1.0, kd_temperature: float = 1.0, weight_decay: float = 5e-5,
                  shrinking: Sequence[dict[str, Any]] | None = None, grad_clip_norm: float | None = None,
                  teacher: str = "auto", teacher_net: torch.nn.Module | None = None, bn_images: int = 2000, bn_batch_size: int | None = None, seed: int = 0,
-                 frozen: dict[str, Tensor] | None = None):
+                 frozen: dict[str, Tensor] | None = None, train_stages: int | None = None):
         super().__init__()
         K = net.num_stages
         weights = [1.0] * K if exit_weights is None else [float(w) for w in exit_weights]
         if len(weights) != K or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"module.exit_weights={list(weights)} not allowed; allowed: {K} non-negative "
                              "numbers (one per exit) with a positive sum, or null")
+        if train_stages is not None and not (1 <= train_stages <= K and sum(weights[:train_stages]) > 0):
+            raise ValueError(f"train_stages={train_stages} not allowed; allowed: 1..{K} stages whose exit weights "
+                             "have a positive sum, or null")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing={label_smoothing} not allowed; allowed: [0, 1)")
         if kd_weight < 0 or kd_temperature <= 0:
@@ -146,6 +152,7 @@ class SupernetModule(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_meta = dict(data_meta)
         self.exit_weights = weights
+        self.train_stages = train_stages
         self.label_smoothing, self.kd_weight, self.kd_temperature = label_smoothing, kd_weight, kd_temperature
         self.weight_decay, self.grad_clip_norm = weight_decay, grad_clip_norm
         self.bn_images, self.bn_batch_size = bn_images, bn_batch_size
@@ -194,10 +201,11 @@ class SupernetModule(pl.LightningModule):
             with torch.no_grad():
                 teacher = self.teacher_net.eval()(x)[-1]  # (N, classes); eval(): Lightning's train() reaches it
         losses: list[Tensor] = []
+        weights = self.exit_weights[:self.train_stages]
         for i, s in enumerate(subnets):
-            self.net.set_subnet(s)
+            self.net.set_subnet(s, self.train_stages)
             logits = self.net(x)  # the model resizes x to s.resolution
-            loss, _ = multi_exit_loss(logits, y, self.exit_weights, self.label_smoothing, teacher=teacher,
+            loss, _ = multi_exit_loss(logits, y, weights, self.label_smoothing, teacher=teacher,
                                       kd_weight=self.kd_weight, temperature=self.kd_temperature)
             if i == 0 and self.kd_weight > 0 and self.teacher_net is None:
                 teacher = logits[-1].detach()  # (N, classes): the largest subnet's last exit

@@ -581,14 +581,16 @@ def build_graph_supernet(sn: dict[str, Any]) -> GraphSupernet:
 def from_static(static: nn.Module, num_stages: int = 3, *, width_mults: Sequence[float] | None = None,
                 kernels: Sequence[int] | None = None, depths: Sequence[int] | None = None,
                 resolutions: Sequence[int] | None = None, sort: bool = True, name: str | None = None,
-                source: str | None = None, grow: Sequence[float] | None = None) -> nn.Module:
+                source: str | None = None, grow: Sequence[float] | None = None,
+                fixed_static: bool = False) -> nn.Module:
     """A K-stage supernet from a static network: a K = 1 enas4d network by its NetSpec
     (:func:`enas4d.transform.s2dnas.from_static`, which can also ``grow`` new stages in front of
     it), any other CNN from its graph (:func:`graph_from_static`; ``resolutions`` one side, default
-    224; ``kernels``, ``depths`` and ``grow`` are not available there)."""
+    224; ``kernels``, ``depths``, ``grow`` and ``fixed_static`` are not available there)."""
     if isinstance(static, MultiStageSupernet):
         return s2dnas.from_static(static, num_stages, width_mults=width_mults, kernels=kernels, depths=depths,
-                                  resolutions=resolutions, sort=sort, grow=grow, name=name)
+                                  resolutions=resolutions, sort=sort, grow=grow, fixed_static=fixed_static,
+                                  name=name)
     for key, value in (("kernels", kernels), ("depths", depths), ("grow", grow)):
         if value is not None:
             raise TransformError(f"from_static: {key}={list(value)} not allowed for a {type(static).__name__}: "

@@ -214,7 +214,7 @@ def _grow_spec(spec: NetSpec, grow: Sequence[float], num_stages: int) -> NetSpec
 def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
                 width_mults: Sequence[float] | None = None, kernels: Sequence[int] | None = None,
                 depths: Sequence[int] | None = None, resolutions: Sequence[int] | None = None,
-                sort: bool = True, grow: Sequence[float] | None = None,
+                sort: bool = True, grow: Sequence[float] | None = None, fixed_static: bool = False,
                 name: str | None = None) -> MultiStageSupernet:
     """A K-stage supernet initialised from the static network ``static`` (see the module docstring).
 
@@ -230,6 +230,8 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
             stages in front of it instead, the static network being the last stage (module docstring).
             When the fractions sum to at most 1 the new stages start as a split of the static
             network's leading channels; otherwise from a fresh initialisation.
+        fixed_static: grow only: the static stage has no elastic choice (``NetSpec.fixed_last``): it is
+            the whole static network in every subnet, as when fine-tuning keeps it frozen.
         name: the result's name (kept in checkpoints); default ``"<static name>-s2dnas"``.
     """
     if static.num_stages != 1:
@@ -244,6 +246,9 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
     narrowest = min(gs.width for gs in spec.groups)
     if grow is not None and not 2 <= num_stages <= 6:
         raise TransformError(f"num_stages={num_stages} not allowed with grow; allowed: 2..6")
+    if fixed_static and grow is None:
+        raise TransformError("fixed_static=true not allowed without grow: a split network has no stage that is "
+                             "the static network")
     if grow is None and not 1 <= num_stages <= narrowest:
         raise TransformError(f"num_stages={num_stages} not allowed; allowed: 1..{min(6, narrowest)} "
                              f"(every stage needs a channel of the narrowest group, {narrowest} wide)")
@@ -253,6 +258,7 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
         kernels=tuple(kernels) if kernels is not None else spec.kernels,
         depths=tuple(depths) if depths is not None else spec.depths,
         resolutions=tuple(resolutions) if resolutions is not None else spec.resolutions,
+        fixed_last=fixed_static,
     )
     source = sort_channels(static) if sort else static
     net = MultiStageSupernet(new_spec, static.num_classes, num_stages, static.in_chans,

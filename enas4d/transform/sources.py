@@ -192,21 +192,24 @@ def transformed_from_config(cfg: Any, num_classes: int, in_chans: int,
 
     net = from_static(static, int(cfg.num_stages), width_mults=opt("width_mults"), kernels=opt("kernels"),
                       depths=opt("depths"), resolutions=opt("resolutions"), sort=bool(cfg.sort_channels),
-                      grow=opt("grow"))
+                      grow=opt("grow"), fixed_static=freeze_static(cfg))
     for p in static.parameters():
         p.requires_grad_(False)
     return net, static
 
 
+def freeze_static(cfg: Any) -> bool:
+    """``supernet.freeze_static`` resolved: null is true with ``supernet.grow``, false without."""
+    freeze = cfg.get("freeze_static")
+    if freeze is None:
+        return cfg.get("grow") is not None
+    if freeze and cfg.get("grow") is None:
+        raise TransformError("supernet.freeze_static=true not allowed without supernet.grow: a split network "
+                             "has no stage that is the static network; allowed: false or null")
+    return bool(freeze)
+
+
 def frozen_from_config(cfg: Any, net: nn.Module) -> dict[str, Tensor] | None:
     """The parameter entries fine-tuning keeps fixed (``supernet.freeze_static``; null: the static
     stage of a grown supernet, nothing for a split one)."""
-    freeze = cfg.get("freeze_static")
-    if freeze is None:
-        freeze = cfg.get("grow") is not None
-    if not freeze:
-        return None
-    if cfg.get("grow") is None:
-        raise TransformError("supernet.freeze_static=true not allowed without supernet.grow: a split network "
-                             "has no stage that is the static network; allowed: false or null")
-    return grown_static_masks(net)
+    return grown_static_masks(net) if freeze_static(cfg) else None

@@ -82,6 +82,34 @@ def test_causality(family, mode):
         assert not torch.allclose(before[-1], after[-1]), "the perturbation should change the last exit"
 
 
+def test_leading_stages_compute_only_their_own_slices(family):
+    """set_subnet(s, stages=m) (training a frozen last stage away): the first m exits as in the full
+    forward, nothing of later stages computed (fewer MACs counted)."""
+    net, n, batch = family
+    x = torch.randn(max(batch, 2), 3, 32, 32)
+    s = _subnets(net, 1, seed=5)[-1].with_all_exits()
+    net.train()
+    try:
+        with torch.no_grad():
+            net.set_subnet(s)
+            full = net(x)
+            full_macs = _counted_macs(lambda: net(x))
+            for m in range(1, net.num_stages):
+                net.set_subnet(s, m)
+                part = net(x)
+                assert len(part) == m
+                for a, b in zip(part, full):
+                    assert torch.allclose(a, b, atol=1e-6)
+                assert _counted_macs(lambda: net(x)) < full_macs
+            net.to("cpu")  # a move rebuilds the plan: the stage limit stays
+            assert len(net(x)) == net.num_stages - 1
+    finally:
+        net.set_subnet(s)
+        net.eval()
+    with pytest.raises(ValueError, match=r"stages=0 not allowed; allowed: 1..3"):
+        net.set_subnet(s, 0)
+
+
 def _counted_macs(fn) -> int:
     with FlopCounterMode(display=False) as fc:
         fn()

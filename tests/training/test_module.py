@@ -152,7 +152,9 @@ def test_checkpoint_of_other_supernet_is_refused(fitted):
 @pytest.mark.parametrize("kw, field", [({"exit_weights": [1.0]}, "exit_weights"),
                                        ({"label_smoothing": 1.0}, "label_smoothing"),
                                        ({"n_random": -2}, "n_random"),
-                                       ({"bn_images": 0}, "bn_images")])
+                                       ({"bn_images": 0}, "bn_images"),
+                                       ({"train_stages": 3}, "train_stages"),
+                                       ({"train_stages": 1, "exit_weights": [0.0, 1.0]}, "train_stages")])
 def test_bad_settings_name_the_field(fitted, kw, field):
     net = enas4d.create_supernet("resnet_cifar", num_classes=10, num_stages=2)
     with pytest.raises(ValueError, match=field):

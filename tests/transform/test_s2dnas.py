@@ -220,6 +220,18 @@ def test_freeze_static_needs_a_grown_supernet():
     assert bool(masks["heads.2.classifier.weight"].all()) and "heads.1.classifier.weight" not in masks
 
 
+def test_a_fixed_static_stage_has_one_candidate_per_choice():
+    static = _static("resnet20_static")
+    net = from_static(static, num_stages=3, grow=(0.5, 0.25), depths=(1, 2, 3), kernels=(3, 5), fixed_static=True)
+    space = net.space
+    assert space.widths[-1] == ((16,), (32,), (64,)) and space.depths[-1] == ((3,), (3,), (3,))
+    assert space.kernels[-1] == ((3,), (3,), (3,)) and space.kernels[0][0] == (3, 5)
+    assert space.widths[0] == from_static(static, num_stages=3, grow=(0.5, 0.25)).space.widths[0]
+    assert space.smallest().width[-1] == (16, 32, 64)  # the static network in every subnet
+    with pytest.raises(TransformError, match="fixed_static=true not allowed without grow"):
+        from_static(static, num_stages=3, fixed_static=True)
+
+
 def test_the_plain_network_of_a_grown_supernet_is_its_static_source():
     from enas4d.export.baseline import family_spec
 

@@ -37,7 +37,7 @@ def test_static_then_from_static(tmp_path):
     _, g_objects = train(compose_train(grow_dir, "supernet=from_static", f"supernet.weights={ckpt}",
                                        "supernet.num_stages=3", "supernet.grow=[0.5,0.25]", "supernet.depths=[1,3]"))
     grown = g_objects["module"].net
-    start = from_static(static, 3, grow=(0.5, 0.25), width_mults=(0.5, 0.75, 1.0), depths=(1, 3))
+    start = from_static(static, 3, grow=(0.5, 0.25), width_mults=(0.5, 0.75, 1.0), depths=(1, 3), fixed_static=True)
     assert set(g_objects["module"].frozen) and g_objects["module"].last_step is not None
     for name, p in grown.named_parameters():
         before = dict(start.named_parameters())[name]
@@ -46,6 +46,14 @@ def test_static_then_from_static(tmp_path):
             assert torch.equal(p.detach()[mask], before.detach()[mask]), name  # the static stage: unchanged
     conv = "blocks.0.convs.0.weight"
     assert not torch.equal(dict(grown.named_parameters())[conv][:8], dict(start.named_parameters())[conv][:8])
+    # The frozen static stage is one fixed network and training does not run it (only stages 1..K-1).
+    assert g_objects["module"].train_stages == 2 and grown.spec.fixed_last
+    assert grown.space.widths[-1] == ((16,), (32,), (64,))
+    g_module = g_objects["module"]
+    loss, _ = g_module.sandwich_loss(x, torch.tensor([0, 1]), [grown.space.largest()])
+    assert len(grown(x)) == 2  # the step's forward stopped after stage 2
+    rebuilt, _ = load_supernet(grow_dir / "checkpoints" / "last.ckpt")
+    assert rebuilt.space == grown.space
 
     # The checkpoint rebuilds the transformed supernet (it has no registered name) from its NetSpec.
     net, meta = load_supernet(fs_dir / "checkpoints" / "last.ckpt")
