@@ -1,8 +1,10 @@
-"""Export a searched subnet as a standalone early-exit model (TorchScript, ONNX) and evaluate it.
+"""Export a searched subnet as a standalone early-exit model (TorchScript, ONNX, torch.export) and evaluate it.
 
 - :mod:`enas4d.export.early_exit`: :class:`EarlyExitNet`, the batched early-exit module (TorchScript-able);
 - :mod:`enas4d.export.onnx_export` / :mod:`enas4d.export.onnx_runner`: one ONNX graph per stage and the
   numpy + onnxruntime runner that does the same early exit;
+- :mod:`enas4d.export.pt2_export` / :mod:`enas4d.export.pt2_runner`: the same split as ``torch.export``
+  programs and the torch + numpy runner;
 - :mod:`enas4d.export.exporter`: :func:`export_subnet` writes the export folder (``enas4d-export``: cli.py);
 - :mod:`enas4d.export.evaluate`: ``enas4d-evaluate`` (accuracy, measured MACs, exits, throughput).
 """

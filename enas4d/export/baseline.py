@@ -201,8 +201,9 @@ def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int,
                     threads: int | None = None, device: torch.device | str = "cpu",
                     providers: Sequence[Any] | None = None) -> Reference:
     """The plain network of ``spec`` (random weights) on ``backend``: TorchScript (scripted and
-    reloaded, as model.ts) on ``device``, or onnxruntime (one graph, like the export's ONNX stages)
-    with ``providers`` (default: the CPU). Its ``run`` takes CPU images, as the export's predict does."""
+    reloaded, as model.ts) on ``device``, onnxruntime (one graph, like the export's ONNX stages)
+    with ``providers`` (default: the CPU), or torch.export programs run as ``pt2_runner.py`` runs the
+    export's (CPU). Its ``run`` takes CPU images, as the export's predict does."""
     from enas4d.export import jit  # local: keeps the module light for the benchmarks that only build
 
     net = plain_for(spec, num_classes, in_chans)
@@ -212,8 +213,10 @@ def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int,
     if backend == "torchscript":
         scripted = jit.roundtrip(net).to(device)
         return Reference(name, macs, lambda x: scripted(x.to(device)).cpu())  # no-ops on the CPU
+    if backend == "pt2":
+        return Reference(name, macs, _pt2_plain(net, in_chans, side))
     if backend != "onnx":
-        raise ValueError(f"backend: {backend!r} not allowed; allowed values: ['onnx', 'torchscript']")
+        raise ValueError(f"backend: {backend!r} not allowed; allowed values: ['onnx', 'pt2', 'torchscript']")
     import onnxruntime as ort
 
     from enas4d.export.onnx_export import export_graph
@@ -228,3 +231,28 @@ def plain_reference(spec: NetSpec, family: str, num_classes: int, in_chans: int,
                                                            "logits": {0: "batch"}}, 17)
         sess = ort.InferenceSession(str(path), opts, providers=list(providers or ["CPUExecutionProvider"]))
     return Reference(name, macs, lambda x: sess.run(None, {"x": x.numpy()}))
+
+
+def _pt2_plain(net: PlainNet, in_chans: int, side: int) -> Callable[[Tensor], Tensor]:
+    """``net`` as two torch.export programs, preprocess and body, with the channels-last rule between
+    them (as ``pt2_runner.py`` runs an export's preprocess and stages): x (N, C, H, W) -> logits."""
+    from torch.export import Dim
+
+    from enas4d.export.pt2_export import ResizedPreprocess
+
+    batch = Dim("batch", min=1)
+    x = torch.rand(2, in_chans, side + 3, side + 3)
+    pre = torch.export.export(ResizedPreprocess(net.preprocess), (x,), dynamic_shapes={
+        "x": {0: batch, 2: Dim("height", min=1), 3: Dim("width", min=1)}}).module()
+    body = torch.export.export(nn.Sequential(net.features, net.head), (net.preprocess(x),),
+                               dynamic_shapes={"input": {0: batch}}).module()
+    min_batch = net.channels_last_min_batch
+
+    def run(x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            img = pre(x)
+            if 0 < min_batch <= img.shape[0]:
+                img = img.contiguous(memory_format=torch.channels_last)
+            return body(img)
+
+    return run

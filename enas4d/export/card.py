@@ -72,6 +72,17 @@ def _exit_table(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+_PT2_USAGE = [  # the torch.export programs (pt2=true)
+    "torch.export programs (needs torch and numpy): `python pt2_runner.py . images.npy`, or",
+    "",
+    "```python",
+    "from pt2_runner import Pt2EarlyExit",
+    "logits, exit_index = Pt2EarlyExit('.')(x)  # tensors (or numpy arrays) in and out",
+    "```",
+    "",
+]
+
+
 def _usage(meta: dict[str, Any]) -> list[str]:
     """The exit rule, how to run the model, the subnet and the class names."""
     return [
@@ -99,6 +110,7 @@ def _usage(meta: dict[str, Any]) -> list[str]:
         "logits, exit_index = OnnxEarlyExit('.')(x.numpy())",
         "```",
         "",
+        *(_PT2_USAGE if "pt2" in meta["files"] else []),
         "## Subnet",
         "",
         "```json",

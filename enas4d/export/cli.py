@@ -152,7 +152,8 @@ def _export(cfg: DictConfig, console: Console | None) -> dict[str, Any]:
         bn_batches=bn_set.batches, val_batches=val if cfg.validate else None, check_images=check,
         checkpoint=ckpt, checkpoint_sha256=digest, result=result_path, search_info=choice.info, latency=choice.latency,
         supernet_meta=dict(meta.supernet),
-        fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), overwrite=bool(cfg.overwrite))
+        fold_bn=bool(cfg.fold_bn), onnx=bool(cfg.onnx), opset=int(cfg.opset), pt2=bool(cfg.pt2),
+        overwrite=bool(cfg.overwrite))
     val_report = result["validation"]
     if val_report is not None:
         console.print(exit_table(result, val_report, title=f"exported model on {val_report['num_images']} "

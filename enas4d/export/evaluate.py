@@ -55,7 +55,8 @@ from enas4d.utils import rebatch
 
 __all__ = ["CONF_DIR", "BACKENDS", "load_model", "onnx_providers", "evaluate", "main"]
 
-BACKENDS = ("torchscript", "onnx")
+BACKENDS = ("torchscript", "onnx", "pt2")
+TORCH_BACKENDS = ("torchscript", "pt2")  # those torch's intra-op threads (torch.set_num_threads) apply to
 
 
 def onnx_providers(device: torch.device) -> list[Any]:
@@ -78,8 +79,8 @@ def load_model(model_dir: str | os.PathLike, backend: str, threads: int | None =
                device: torch.device | str = "cpu") -> tuple[dict[str, Any], Predict]:
     """``subnet.json``'s content and a ``predict(x, thresholds) -> (logits, exit_index)`` for a backend.
 
-    The model runs on ``device`` (TorchScript: loaded there; ONNX: see :func:`onnx_providers`);
-    ``predict`` takes and returns CPU tensors, so on CUDA its time includes the copies.
+    The model runs on ``device`` (TorchScript: loaded there; ONNX: see :func:`onnx_providers`; pt2:
+    the CPU only); ``predict`` takes and returns CPU tensors, so on CUDA its time includes the copies.
     """
     model_dir = os.fspath(model_dir)
     device = torch.device(device)
@@ -109,6 +110,8 @@ def load_model(model_dir: str | os.PathLike, backend: str, threads: int | None =
             return logits.cpu(), ex.cpu()
 
         return meta, predict
+    if backend == "pt2":
+        return meta, _pt2_predict(model_dir, files, device)
     if "onnx" not in files:
         raise ExportError(f"backend: {model_dir!r} was exported without ONNX graphs (onnx=false)")
     from enas4d.export.onnx_runner import OnnxEarlyExit
@@ -127,6 +130,26 @@ def load_model(model_dir: str | os.PathLike, backend: str, threads: int | None =
         return torch.from_numpy(logits), torch.from_numpy(ex)
 
     return meta, predict_onnx
+
+
+def _pt2_predict(model_dir: str, files: dict[str, Any], device: torch.device) -> Predict:
+    """``predict`` of the export's torch.export programs (``pt2_runner.py``), on the CPU."""
+    if device.type != "cpu":
+        raise ExportError(f"device: {str(device)!r} not allowed with backend=pt2 (its programs were exported "
+                          "for the CPU); allowed values: device=cpu, or backend=torchscript")
+    if "pt2" not in files:
+        raise ExportError(f"backend: {model_dir!r} was exported without torch.export programs (pt2=false)")
+    from enas4d.export.pt2_runner import Pt2EarlyExit
+
+    try:
+        runner = Pt2EarlyExit(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # the runner names the damaged file
+        raise ExportError(f"model: {_first_line(e)}") from e
+
+    def predict_pt2(x: Tensor, thr: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        return runner(x, thr)
+
+    return predict_pt2
 
 
 def _first_line(e: BaseException) -> str:
@@ -323,9 +346,13 @@ def _print_latency(out: dict[str, Any], console: Console) -> None:
 
 def _device(cfg: DictConfig, console: Console) -> torch.device:
     """The device of ``device=`` (enas4d-search's values and checks). With backend=onnx, ``auto`` is the
-    CPU unless onnxruntime has its CUDA provider; an explicit ``cuda`` without it is an ExportError."""
+    CPU unless onnxruntime has its CUDA provider; an explicit ``cuda`` without it is an ExportError.
+    With backend=pt2, ``auto`` is the CPU (an explicit ``cuda`` is refused when the model loads)."""
     asked = cfg.get("device", "cpu")
     device = resolve_device(asked, ExportError)
+    if device.type == "cuda" and cfg.backend == "pt2" and str(asked).strip().lower() == "auto":
+        console.print("evaluate: device=auto: the pt2 backend runs on the CPU")
+        return torch.device("cpu")
     if device.type == "cuda" and cfg.backend == "onnx":
         try:
             onnx_providers(device)
@@ -398,7 +425,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         timed = measure_latency(predict, timing_set(lat.batch_size), lat.batch_size, len(exit_macs),
                                 repeats=int(cfg.repeats), clock=clock)
         latency = _latency_report(lat, meta, timed, str(cfg.clock), str(cfg.backend),
-                                  torch.get_num_threads() if cfg.backend == "torchscript" else threads)
+                                  torch.get_num_threads() if cfg.backend in TORCH_BACKENDS else threads)
     target = float(cfg.target_ratio)
     metrics = {
         "model": os.path.abspath(str(cfg.model)),
@@ -423,7 +450,7 @@ def evaluate(cfg: DictConfig, console: Console | None = None) -> dict[str, Any]:
         "clock": str(cfg.clock),
         # predicted vs measured average latency per image (None without a device profile)
         "latency": latency,
-        "threads": torch.get_num_threads() if cfg.backend == "torchscript" else threads,
+        "threads": torch.get_num_threads() if cfg.backend in TORCH_BACKENDS else threads,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__},
     }

@@ -5,6 +5,9 @@ The folder (``out``) holds::
     model.ts         TorchScript: logits, exit_index = m(x), x float (N, C, H, W) in [0, 1]
     onnx/            preprocess.onnx, stage_<k>.onnx and manifest.json (see onnx_export.py)
     onnx_runner.py   numpy + onnxruntime early-exit runner for the graphs (a copy of ours)
+    pt2/             preprocess.pt2, stage_<k>.pt2 and manifest.json: the same split as torch.export
+                     programs (see pt2_export.py)
+    pt2_runner.py    torch + numpy early-exit runner for the programs (a copy of ours)
     subnet.json      what the model is: subnet, thresholds, MACs per exit, data, provenance, and
                      (from a search with a device profile) its predicted latency per image
     README.md        model card: table of exits with MACs, exit rate and validation accuracy
@@ -34,7 +37,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import enas4d
-from enas4d.export import onnx_runner
+from enas4d.export import onnx_runner, pt2_runner
 from enas4d.export.card import model_card
 from enas4d.export.choice import SearchChoice, check_thresholds, exit_thresholds, latency_info, load_result, read_result
 from enas4d.export.early_exit import EarlyExitNet, build_early_exit
@@ -42,6 +45,7 @@ from enas4d.export.errors import ExportError
 from enas4d.export.jit import quiet_torchscript
 from enas4d.export.metrics import exit_report
 from enas4d.export.onnx_export import export_onnx
+from enas4d.export.pt2_export import export_pt2
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.bn import reestimate_bn
 from enas4d.utils.files import make_temp_dir, write_json
@@ -55,7 +59,7 @@ __all__ = ["CHECK_ATOL", "DECISION_MARGIN", "EXPORT_FORMAT", "EXPORT_VERSION", "
 
 EXPORT_FORMAT = "enas4d-export"  # marker in subnet.json: this folder is an enas4d export
 EXPORT_VERSION = 1
-# Export-time consistency checks between supernet, eager, TorchScript and ONNX logits.
+# Export-time consistency checks between supernet, eager, TorchScript, ONNX and torch.export logits.
 CHECK_ATOL = 1e-3
 # An ONNX decision may differ from TorchScript's only for an image whose confidence is this close
 # to the threshold (float rounding of two runtimes); anything else is an export bug.
@@ -237,7 +241,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
                   result: str | None = None,
                   search_info: dict[str, Any] | None = None, latency: dict[str, Any] | None = None,
                   supernet_meta: dict[str, Any] | None = None,
-                  fold_bn: bool = True, onnx: bool = True, opset: int = 17,
+                  fold_bn: bool = True, onnx: bool = True, opset: int = 17, pt2: bool = True,
                   overwrite: bool = False) -> dict[str, Any]:
     """Write the early-exit model of ``subnet`` into the folder ``out``; returns its ``subnet.json``.
 
@@ -250,8 +254,8 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         data: mean/std/class names the model normalises with and records.
         bn_batches: normalised batches (or ``(x, y)``) to re-estimate BatchNorm statistics on.
         val_batches: ``(x in [0, 1], y)`` batches of the validation split for the model card, or None.
-        check_images: (M, C, H, W) images in [0, 1] on which supernet, eager, TorchScript and
-            ONNX outputs are compared (export fails if they disagree).
+        check_images: (M, C, H, W) images in [0, 1] on which supernet, eager, TorchScript, ONNX
+            and torch.export outputs are compared (export fails if they disagree).
         checkpoint: path of the checkpoint, recorded in ``subnet.json``.
         checkpoint_sha256: its content hash, recorded.
         result: path of the search result, recorded.
@@ -261,6 +265,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
         fold_bn: fold BatchNorm into the convolutions.
         onnx: also write the ONNX graphs and runner.
         opset: ONNX opset.
+        pt2: also write the ``torch.export`` programs and runner.
         overwrite: replace an existing folder (never one holding the inputs or the cwd).
     """
     out = Path(out).resolve()
@@ -273,7 +278,7 @@ def export_subnet(net: MultiStageSupernet, subnet: Subnet, thresholds: Sequence[
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp(out, "tmp")  # the user's usual folder permissions, not mkdtemp's 0700
     try:
-        files, scripted = _write_formats(tmp, model, ver, onnx, opset)
+        files, scripted = _write_formats(tmp, model, ver, onnx, opset, pt2)
         # The model card's numbers, from the saved TorchScript model.
         validation = None
         if val_batches is not None:
@@ -345,8 +350,9 @@ def _verify_eager(net: MultiStageSupernet, subnet: Subnet, model: EarlyExitNet, 
 
 
 def _write_formats(tmp: Path, model: EarlyExitNet, ver: _Verified, onnx: bool,
-                   opset: int) -> tuple[dict[str, str], Any]:
-    """TorchScript (and the ONNX graphs and runner) written into ``tmp``, each reloaded and compared.
+                   opset: int, pt2: bool) -> tuple[dict[str, str], Any]:
+    """TorchScript (and the ONNX graphs, the torch.export programs and their runners) written into
+    ``tmp``, each reloaded and compared.
 
     Returns subnet.json's ``files`` and the reloaded TorchScript model.
     """
@@ -365,6 +371,13 @@ def _write_formats(tmp: Path, model: EarlyExitNet, ver: _Verified, onnx: bool,
         ver.checks["onnx"] = check_decisions(model, ver.eager, (torch.from_numpy(lo), torch.from_numpy(eo)),
                                              ver.eager_exits, "check: ONNX")
         files.update(onnx="onnx/manifest.json", onnx_runner="onnx_runner.py")
+    if pt2:
+        (tmp / "pt2").mkdir()
+        export_pt2(model, tmp / "pt2")
+        shutil.copyfile(pt2_runner.__file__, tmp / "pt2_runner.py")
+        ver.checks["pt2"] = check_decisions(model, ver.eager, pt2_runner.Pt2EarlyExit(os.fspath(tmp))(ver.x),
+                                            ver.eager_exits, "check: torch.export")
+        files.update(pt2="pt2/manifest.json", pt2_runner="pt2_runner.py")
     return files, scripted
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -93,16 +93,29 @@ def export_onnx(model: EarlyExitNet, out_dir: str | os.PathLike, opset: int = 17
         last = k == K - 1
         graph = StageGraph(stage, model.confidence if e >= 0 else None, not last).eval()
         _, taps = stage(img, prev)
-        inputs = ["img"] + [f"tap_in_{i}" for i in range(len(prev))]
-        outputs = (["logits", "confidence"] if e >= 0 else []) + \
-                  ([f"tap_out_{i}" for i in range(len(taps))] if not last else [])
+        inputs, outputs = io_names(e >= 0, range(len(prev)), range(len(taps)) if not last else [])
         name = f"stage_{k}.onnx"
         export_graph(graph, (img, *prev), out / name, inputs, outputs, {n: batch for n in inputs + outputs}, opset)
         stages.append({"file": name, "inputs": inputs, "outputs": outputs, "exit": e if e >= 0 else None})
         prev = taps
-    manifest = {
+    manifest = {**manifest_of(model, "preprocess.onnx", stages), "opset": opset}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def io_names(has_exit: bool, taps_in: Iterable[int], taps_out: Iterable[int]) -> tuple[list[str], list[str]]:
+    """A stage's input and output names: ``img`` and ``tap_in_<i>`` for the taps ``taps_in`` of the
+    stage before; ``logits`` and ``confidence`` (with an exit), then ``tap_out_<i>`` for ``taps_out``."""
+    inputs = ["img"] + [f"tap_in_{i}" for i in taps_in]
+    outputs = (["logits", "confidence"] if has_exit else []) + [f"tap_out_{i}" for i in taps_out]
+    return inputs, outputs
+
+
+def manifest_of(model: EarlyExitNet, preprocess: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """``manifest.json``'s content common to the ONNX and torch.export folders (pt2_export.py)."""
+    return {
         "format_version": MANIFEST_VERSION,
-        "preprocess": {"file": "preprocess.onnx", "input": "x", "output": "img"},
+        "preprocess": {"file": preprocess, "input": "x", "output": "img"},
         "stages": stages,
         "thresholds": model.thresholds.tolist(),
         "confidence": model.confidence.measure,
@@ -110,7 +123,4 @@ def export_onnx(model: EarlyExitNet, out_dir: str | os.PathLike, opset: int = 17
         "num_classes": model.num_classes,
         "in_chans": model.in_chans,
         "resolution": model.resolution,
-        "opset": opset,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest

@@ -54,7 +54,8 @@ def exp(tmp_path_factory):
 
 def test_export_folder_is_complete_and_consistent(exp):
     out, net, s = exp["out"], exp["net"], exp["subnet"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.ts", "onnx", "onnx_runner.py", "subnet.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.ts", "onnx", "onnx_runner.py", "pt2",
+                                                    "pt2_runner.py", "subnet.json"]
     meta = json.loads((out / "subnet.json").read_text())
     assert meta == json.loads(json.dumps(exp["meta"]))
     assert REQUIRED <= set(meta) and is_export(out)
@@ -103,10 +104,10 @@ def test_bn_settings_default_to_the_searchs(exp, tmp_path):
     result = write_result(tmp_path / "result.json", exp["ckpt"], exp["subnet"], res["thresholds"],
                           bn={"images": 48, "batch_size": 24})
     out = tmp_path / "export"
-    meta = export(compose_cfg("export", f"result={result}", f"out={out}", "onnx=false"), quiet())
+    meta = export(compose_cfg("export", f"result={result}", f"out={out}", "onnx=false", "pt2=false"), quiet())
     assert meta["validation"] == exp["meta"]["validation"]
     # The check can fail: other BN statistics give other exits/logits.
-    other = export(compose_cfg("export", f"result={result}", f"out={tmp_path / 'other'}", "onnx=false",
+    other = export(compose_cfg("export", f"result={result}", f"out={tmp_path / 'other'}", "onnx=false", "pt2=false",
                                "bn.images=24", "bn.batch_size=8"), quiet())
     assert other["validation"] != exp["meta"]["validation"]
 
@@ -150,7 +151,7 @@ def test_evaluate_on_an_empty_split_is_one_clear_error(exp, tmp_path, monkeypatc
 def test_overwrite_replaces_an_earlier_export_only_when_asked(exp, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(exp["out"], out)
-    base = [f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "validate=false"]
+    base = [f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "pt2=false", "validate=false"]
     with pytest.raises(ExportError, match="earlier export; pass overwrite=true"):
         export(compose_cfg("export", *base), quiet())
     meta = export(compose_cfg("export", *base, "overwrite=true", "fold_bn=false"), quiet())
@@ -239,7 +240,7 @@ def test_checkpoint_with_other_content_at_the_searched_path_is_refused(exp, tmp_
     res = json.loads(exp["result"].read_text()) | {"checkpoint": str(ckpt.resolve()), "checkpoint_sha256": digest}
     result = tmp_path / "result.json"
     result.write_text(json.dumps(res))
-    base = [f"result={result}", *BN, "onnx=false", "validate=false"]
+    base = [f"result={result}", *BN, "onnx=false", "pt2=false", "validate=false"]
     meta = export(compose_cfg("export", *base, f"out={tmp_path / 'a'}"), quiet())
     assert meta["checkpoint_sha256"] == digest
     write_checkpoint(ckpt, seed=1)  # a longer training run wrote new weights to the same path
@@ -304,8 +305,8 @@ def test_rerun_removes_stale_temporary_folders_of_its_target_only(exp, tmp_path)
     for name in stale + kept:
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.ts").write_text("half")
-    export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "validate=false"),
-           quiet())
+    export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "pt2=false",
+                       "validate=false"), quiet())
     assert is_export(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", *kept])
 
@@ -330,8 +331,8 @@ def test_export_folder_gets_the_users_permissions(exp, tmp_path):
     out = tmp_path / "export"
     before = os.umask(0o027)
     try:
-        export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "validate=false"),
-               quiet())
+        export(compose_cfg("export", f"result={exp['result']}", f"out={out}", *BN, "onnx=false", "pt2=false",
+                           "validate=false"), quiet())
     finally:
         os.umask(before)
     assert out.stat().st_mode & 0o777 == 0o750
