@@ -38,6 +38,16 @@ def test_run_folder_has_config_checkpoints_and_logs(tiny_cfg, tmp_path):
     assert "train/loss" in header and "val/max/exit2" in header
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_val_acc_does_not_improve(tiny_cfg, tmp_path):
+    # lr 0: the weights, hence val/acc, never change; Lightning's save_last would keep epoch 0's file.
+    out = tmp_path / "run"
+    train(tiny_cfg("trainer.max_epochs=2", "module.optimizer.lr=0.0", out=out))
+    ckpt, _ = read_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert len(list((out / "checkpoints").glob("best-*.ckpt"))) == 1
+
+
 def _by_step(records: list[dict]) -> dict[int, dict]:
     """Last record of every step; a step that ran twice (before a crash and after resuming) ran the same."""
     out: dict[int, dict] = {}
