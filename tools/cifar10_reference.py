@@ -40,7 +40,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FRACTIONS = (0.25, 0.5, 0.75)  # search budgets, as fractions of the static ResNet-20's MACs
-GROW = (0.5, 0.25)  # --transform grow: widths of the two new stages, as fractions of ResNet-20's
 
 
 class ReferenceError(RuntimeError):
@@ -94,39 +93,45 @@ class State:
 
 
 # --------------------------------------------------------------------------- plan
-def transform_overrides(transform: str) -> list[str]:
-    """enas4d-train overrides of the S2DNAS fine-tuning for ``--transform``."""
-    return [] if transform == "split" else [f"supernet.grow=[{','.join(map(str, GROW))}]"]
+EXPERIMENTS = {"split": "s2dnas_resnet20_cifar10", "grow": "s2dnas_grow_resnet20_cifar10"}  # --transform
 
 
-def time_steps(n_steps: int, transform: str = "split") -> tuple[float, float]:
-    """Median seconds of one training step: (static ResNet-20, S2DNAS fine-tuning), interleaved."""
+def experiment_of(transform: str) -> str:
+    """The enas4d-train experiment of the S2DNAS fine-tuning for ``--transform``."""
+    return EXPERIMENTS[transform]
+
+
+def time_steps(n_steps: int, transform: str = "split", finetune_set: list[str] | None = None) -> tuple[float, float]:
+    """Median seconds of one training step: (static ResNet-20, S2DNAS fine-tuning as its experiment
+    config and ``finetune_set`` overrides set it up), interleaved."""
     import statistics
     from functools import partial
 
     import torch
+    from omegaconf import OmegaConf
 
     from enas4d.models import create_supernet
     from enas4d.training.module import SupernetModule
     from enas4d.transform import from_static
     from enas4d.transform.s2dnas import grown_static_masks
 
-    from omegaconf import OmegaConf
-
-    n_random = int(OmegaConf.load(REPO / "conf/experiment/s2dnas_resnet20_cifar10.yaml").module.n_random)
+    exp = OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment_of(transform)}.yaml")
+    exp = OmegaConf.merge(exp, OmegaConf.from_dotlist(list(finetune_set or [])))
+    sn = exp.supernet
+    grow = sn.get("grow")
+    frozen = grow is not None and sn.get("freeze_static") in (None, True)
     torch.set_num_threads(1)
     static = create_supernet("resnet20_static", num_classes=10, num_stages=1)
     teacher = create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
-    grow = transform == "grow"  # the static stage stays frozen (freeze_static's default) and is not trained
-    net = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3),
-                      grow=GROW if grow else None, fixed_static=grow)
+    net = from_static(teacher, int(sn.num_stages), width_mults=list(sn.width_mults), depths=list(sn.depths),
+                      grow=None if grow is None else list(grow), fixed_static=frozen)
     meta = {"name": "cifar10", "cfg": {}, "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": list("0123456789"),
             "image_size": 32}
     sgd = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
     paths = {"static": SupernetModule(static, sgd, None, meta, n_random=1),
-             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=n_random, teacher_net=teacher,
-                                      frozen=grown_static_masks(net) if grow else None,
-                                      train_stages=2 if grow else None)}
+             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=int(exp.module.n_random), teacher_net=teacher,
+                                      frozen=grown_static_masks(net) if frozen else None,
+                                      train_stages=net.num_stages - 1 if frozen else None)}
     opts = {k: sgd(m.net.parameters()) for k, m in paths.items()}
     x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -147,14 +152,14 @@ def make_plan(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / "plan.json"
     if path.is_file():
         return json.loads(path.read_text())
-    t_static, t_s2dnas = time_steps(3 if args.quick else 10, args.transform)
+    t_static, t_s2dnas = time_steps(3 if args.quick else 10, args.transform, args.finetune_set)
     epochs = args.epochs
     source_epochs = max(1, round(args.source_fraction * epochs))
     # The fine-tuning gets the static epochs the source did not use, converted at the measured step-time ratio.
     ft_epochs = max(1, round((epochs - source_epochs) * t_static / t_s2dnas))
     plan = {"static_step_s": round(t_static, 4), "s2dnas_step_s": round(t_s2dnas, 4), "static_epochs": epochs,
             "source_epochs": source_epochs, "finetune_epochs": ft_epochs, "source_fraction": args.source_fraction,
-            "transform": args.transform, "quick": args.quick}
+            "transform": args.transform, "finetune_set": args.finetune_set, "quick": args.quick}
     write_atomic(path, json.dumps(plan, indent=2))
     return plan
 
@@ -183,9 +188,9 @@ def train_both(out: Path, plan: dict[str, Any], state: State, args: argparse.Nam
     chains = {
         "static": [("static", ["experiment=cifar10_static", f"trainer.max_epochs={plan['static_epochs']}"])],
         "s2dnas": [("s2dnas_source", ["experiment=cifar10_static", f"trainer.max_epochs={plan['source_epochs']}"]),
-                   ("s2dnas", ["experiment=s2dnas_resnet20_cifar10", f"supernet.weights={source_ckpt}",
-                               f"trainer.max_epochs={plan['finetune_epochs']}",
-                               *transform_overrides(plan.get("transform", "split"))])],
+                   ("s2dnas", [f"experiment={experiment_of(plan.get('transform', 'split'))}",
+                               f"supernet.weights={source_ckpt}", f"trainer.max_epochs={plan['finetune_epochs']}",
+                               *plan.get("finetune_set", [])])],
     }
     errors: list[BaseException] = []
 
@@ -374,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of the S2DNAS path's budget spent training its static source (default 0.6 for "
                    "split: 0.3 left a 73%% teacher that capped the fine-tuning at 71%%; 0.8 for grow, whose "
                    "last exit is the source)")
+    p.add_argument("--finetune-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="enas4d-train overrides of the S2DNAS fine-tuning (e.g. supernet.depths=[1,2,3]); "
+                        "recorded in plan.json, and the step timing of the plan uses them too")
     p.add_argument("--gpu", action="store_true", help="train on one GPU (trainer=gpu); use with a longer "
                    "schedule, e.g. --epochs 60")
     p.add_argument("--quick", action="store_true", help="smoke variant: few batches, small searches (< 15 min)")
@@ -401,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(args, out)
         if plan.get("quick") != args.quick:
             raise ReferenceError(f"{out}/plan.json was made {'with' if plan.get('quick') else 'without'} --quick; "
+                                 "use another --out or remove that folder")
+        if plan.get("finetune_set", []) != args.finetune_set:
+            raise ReferenceError(f"{out}/plan.json was made with --finetune-set {plan.get('finetune_set', [])}; "
                                  "use another --out or remove that folder")
         if plan.get("transform", "split") != args.transform:
             raise ReferenceError(f"{out}/plan.json was made with --transform {plan.get('transform', 'split')}; "

@@ -54,6 +54,22 @@ def test_a_resume_with_another_transform_is_refused(tmp_path, capsys):
     assert "was made with --transform split" in capsys.readouterr().err
 
 
-def test_grow_fine_tuning_gets_the_grow_override():
-    assert ref.transform_overrides("split") == []
-    assert ref.transform_overrides("grow") == ["supernet.grow=[0.5,0.25]"]
+def test_a_resume_with_other_fine_tuning_overrides_is_refused(tmp_path, capsys):
+    data, out = tmp_path / "x.npz", tmp_path / "out"
+    data.write_bytes(b"")
+    out.mkdir()
+    (out / "plan.json").write_text('{"quick": false, "transform": "grow", "finetune_set": []}')
+    assert ref.main(["--data", str(data), "--out", str(out), "--finetune-set", "supernet.depths=[1,3]"]) == 1
+    assert "was made with --finetune-set []" in capsys.readouterr().err
+
+
+def test_each_transform_fine_tunes_with_its_experiment():
+    from hydra import compose, initialize_config_dir
+
+    from enas4d.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        grow = compose(config_name="train", overrides=[f"experiment={ref.experiment_of('grow')}"])
+        split = compose(config_name="train", overrides=[f"experiment={ref.experiment_of('split')}"])
+    assert list(grow.supernet.grow) == [0.5, 0.25] and grow.supernet.freeze_static is True
+    assert split.supernet.grow is None and split.supernet.name == grow.supernet.name == "from_static"
