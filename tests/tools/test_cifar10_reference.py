@@ -71,5 +71,5 @@ def test_each_transform_fine_tunes_with_its_experiment():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         grow = compose(config_name="train", overrides=[f"experiment={ref.experiment_of('grow')}"])
         split = compose(config_name="train", overrides=[f"experiment={ref.experiment_of('split')}"])
-    assert list(grow.supernet.grow) == [0.5, 0.25] and grow.supernet.freeze_static is True
+    assert list(grow.supernet.grow) == [0.4375, 0.25] and grow.supernet.freeze_static is True
     assert split.supernet.grow is None and split.supernet.name == grow.supernet.name == "from_static"
