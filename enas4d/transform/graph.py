@@ -328,8 +328,11 @@ class GraphSupernet(ActiveSubnet):
         memo: dict[int, list[list[int]]] = {}
         return lambda sp: self._lay.active(sp, s.width, memo)
 
-    def set_subnet(self, s: Subnet) -> None:
-        """Make ``s`` the active subnet (validates it); the only writer of active state."""
+    def set_subnet(self, s: Subnet, stages: int | None = None) -> None:
+        """Make ``s`` the active subnet (validates it); the only writer of active state. ``stages``
+        (MultiStageSupernet's leading-stages limit) is not available here: None only."""
+        if stages is not None:
+            raise ValueError(f"stages={stages} not allowed for a graph-transformed supernet; allowed: None")
         self.space.validate(s)
         lay, A = self._lay, self._active(s)
         dev = next(self.parameters()).device
