@@ -15,6 +15,8 @@ it with a composed config); :func:`main` is the thin command-line wrapper.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 # Lightning (and enas4d.training, which imports it) take ~10 s to import on a small machine, so
 # they are imported inside build(): a bad override or --help answers without that wait.
 
-__all__ = ["CONF_DIR", "TrainSetupError", "build", "data_meta", "main", "train"]
+__all__ = ["CONF_DIR", "TrainInterrupted", "TrainSetupError", "build", "data_meta", "main", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 
 class TrainSetupError(Exception):
     """Bad input found while building the run (config value, data path, checkpoint): one clear line."""
+
+
+class TrainInterrupted(RuntimeError):
+    """The run stopped before its end (SIGTERM); its last.ckpt resumes it."""
 
 
 def data_meta(dm: Any, data_cfg: DictConfig) -> dict[str, Any]:
@@ -159,6 +165,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     objects = build(cfg)
     trainer: pl.Trainer = objects["trainer"]
     if trainer.is_global_zero:
@@ -171,6 +179,10 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             trainer.fit(objects["module"], datamodule=objects["datamodule"], ckpt_path=cfg.ckpt_path)
     except CheckpointError as e:  # a checkpoint this run cannot continue (found while restoring it)
         raise TrainSetupError(str(e).replace("\n", " ")) from e
+    except SIGTERMException as e:  # Lightning stops on SIGTERM with a SystemExit of status 0: not a finished run
+        last = Path(cfg.paths.checkpoint_dir) / "last.ckpt"
+        raise TrainInterrupted(f"stopped by SIGTERM at step {trainer.global_step} of epoch {trainer.current_epoch}; "
+                               f"resume with ckpt_path={last} (the last finished epoch)") from e
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.summary and trainer.is_global_zero:
         _print_summary(objects["module"], metrics)
@@ -181,7 +193,11 @@ def _train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 def main(cfg: DictConfig) -> float | None:
     """Command-line entry point; returns ``cfg.optimized_metric`` for Hydra sweepers."""
     with one_line_errors("enas4d-train", TrainSetupError):
-        metrics, _ = train(cfg)
+        try:
+            metrics, _ = train(cfg)
+        except TrainInterrupted as e:
+            print(f"enas4d-train: interrupted: {e}", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)  # the shell's status of a process ended by SIGTERM
     if cfg.optimized_metric is None:
         return None
     if cfg.optimized_metric not in metrics:

@@ -52,10 +52,11 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 class CrashAt(pl.Callback):
-    """Die when optimizer step ``step`` is about to run: an exception, or a real SIGKILL (kill -9)."""
+    """Die when optimizer step ``step`` is about to run: an exception, a real SIGKILL (kill -9), or
+    (``term``) a SIGTERM, which Lightning turns into a stop after the step."""
 
-    def __init__(self, step: int, kill: bool = False):
-        self.step, self.kill = step, kill
+    def __init__(self, step: int, kill: bool = False, term: bool = False):
+        self.step, self.kill, self.term = step, kill, term
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
                              batch_idx: int) -> None:
@@ -63,4 +64,7 @@ class CrashAt(pl.Callback):
         if trainer.global_step == self.step:
             if self.kill:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.term:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             raise RuntimeError(f"simulated crash before step {self.step}")

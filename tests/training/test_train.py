@@ -147,6 +147,14 @@ def test_main_bad_value_is_one_line_error_and_exit_2(tiny_cfg, capsys):
     assert err.startswith("enas4d-train: error:") and "module.n_random" in err and "\n" not in err
 
 
+def test_sigterm_is_an_interruption_not_a_finished_run(tmp_path):
+    # Lightning ends a SIGTERM'd fit with a SystemExit of status 0; a caller must not take it as done.
+    proc = run_cli(*TINY, "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}", *CRASH, "+callbacks.crash.term=true")
+    assert proc.returncode == 143, proc.stderr[-500:]
+    assert f"enas4d-train: interrupted: stopped by SIGTERM at step 5 of epoch 1; resume with ckpt_path={tmp_path}" \
+        in proc.stderr
+
+
 def test_resume_after_kill_9(tiny_cfg, tmp_path):
     """A real SIGKILL mid-epoch, then `enas4d-train ... ckpt_path=.../last.ckpt`: same steps as without it."""
     full, killed = tmp_path / "full", tmp_path / "killed"
