@@ -45,22 +45,18 @@ def test_a_failed_step_names_its_log(tmp_path):
         ref.run(["bash", "-c", "echo boom; exit 3"], tmp_path / "step.log")
 
 
-def test_a_resume_with_another_transform_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("plan, args, message", [
+    ('{"quick": false, "transform": "split"}', ["--transform", "grow"], "was made with --transform split"),
+    ('{"quick": false, "transform": "grow", "finetune_set": []}', ["--finetune-set", "supernet.depths=[1,3]"],
+     "was made with --finetune-set []"),
+])
+def test_a_resume_with_other_settings_is_refused(tmp_path, capsys, plan, args, message):
     data, out = tmp_path / "x.npz", tmp_path / "out"
     data.write_bytes(b"")
     out.mkdir()
-    (out / "plan.json").write_text('{"quick": false, "transform": "split"}')
-    assert ref.main(["--data", str(data), "--out", str(out), "--transform", "grow"]) == 1
-    assert "was made with --transform split" in capsys.readouterr().err
-
-
-def test_a_resume_with_other_fine_tuning_overrides_is_refused(tmp_path, capsys):
-    data, out = tmp_path / "x.npz", tmp_path / "out"
-    data.write_bytes(b"")
-    out.mkdir()
-    (out / "plan.json").write_text('{"quick": false, "transform": "grow", "finetune_set": []}')
-    assert ref.main(["--data", str(data), "--out", str(out), "--finetune-set", "supernet.depths=[1,3]"]) == 1
-    assert "was made with --finetune-set []" in capsys.readouterr().err
+    (out / "plan.json").write_text(plan)
+    assert ref.main(["--data", str(data), "--out", str(out), *args]) == 1
+    assert message in capsys.readouterr().err
 
 
 def test_each_transform_fine_tunes_with_its_experiment():
