@@ -90,12 +90,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         dm = hydra.utils.instantiate(cfg.data)
         dm.setup("fit")
         teacher_net: MultiStageSupernet | None = None
-        frozen = None
+        fine_tuning: dict[str, Any] = {}  # frozen entries and trained stages of a grown S2DNAS supernet
         if cfg.supernet.name == "from_static":  # S2DNAS: split a trained static network (conf/supernet/from_static.yaml)
-            from enas4d.transform.sources import frozen_from_config, transformed_from_config
+            from enas4d.transform.sources import training_from_config, transformed_from_config
 
             net, teacher_net = transformed_from_config(cfg.supernet, dm.num_classes, dm.in_chans, dm.image_size)
-            frozen = frozen_from_config(cfg.supernet, net)
+            fine_tuning = training_from_config(cfg.supernet, net)
         else:
             net = create_supernet(cfg.supernet.name, num_classes=dm.num_classes,
                                   num_stages=cfg.supernet.num_stages, in_chans=dm.in_chans)
@@ -103,8 +103,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
             ckpt, _ = read_checkpoint(cfg.ckpt_path)
             check_meta_compatible(ckpt["enas4d"], net, dm.num_classes, repr(str(cfg.ckpt_path)))
         module: SupernetModule = hydra.utils.instantiate(cfg.module, net=net, data_meta=data_meta(dm, cfg.data),
-                                                         teacher_net=teacher_net, frozen=frozen,
-                                                         train_stages=net.num_stages - 1 if frozen else None)
+                                                         teacher_net=teacher_net, **fine_tuning)
         callbacks = _instantiate_dict(cfg.callbacks)
         loggers = _instantiate_dict(cfg.logger)
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=none)

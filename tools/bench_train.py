@@ -126,14 +126,14 @@ def main() -> None:
 def _grow_steps(x: torch.Tensor, y: torch.Tensor, sgd: Callable, meta: dict) -> dict[str, Callable[[], None]]:
     """The grown S2DNAS fine-tuning step (as enas4d-train runs it) and the static ResNet-20 step."""
     from enas4d.transform import from_static
-    from enas4d.transform.s2dnas import grown_static_masks
+    from enas4d.transform.s2dnas import frozen_static_training
 
     static = enas4d.create_supernet("resnet20_static", num_classes=10, num_stages=1).train()
     teacher = enas4d.create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
     grown = from_static(teacher, 3, width_mults=(0.5, 0.75, 1.0), depths=(1, 2, 3), grow=(0.5, 0.25),
                         fixed_static=True)
     module = SupernetModule(grown, sgd, None, meta, n_random=0, teacher_net=teacher,
-                            frozen=grown_static_masks(grown), train_stages=2)
+                            **frozen_static_training(grown))
     opts = {"grow": sgd(param_groups(grown, 5e-4)), "static": sgd(param_groups(static, 5e-4))}
     steps = iter(range(10**9))
 

@@ -112,26 +112,21 @@ def time_steps(n_steps: int, transform: str = "split", finetune_set: list[str] |
 
     from enas4d.models import create_supernet
     from enas4d.training.module import SupernetModule
-    from enas4d.transform import from_static
-    from enas4d.transform.s2dnas import grown_static_masks
+    from enas4d.transform.sources import training_from_config, transformed_from_config
 
     exp = OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment_of(transform)}.yaml")
     exp = OmegaConf.merge(exp, OmegaConf.from_dotlist(list(finetune_set or [])))
-    sn = exp.supernet
-    grow = sn.get("grow")
-    frozen = grow is not None and sn.get("freeze_static") in (None, True)
+    sn = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "supernet" / "from_static.yaml"), exp.supernet,
+                         {"weights": None})  # random weights: only the step's time counts
     torch.set_num_threads(1)
     static = create_supernet("resnet20_static", num_classes=10, num_stages=1)
-    teacher = create_supernet("resnet20_static", num_classes=10, num_stages=1).eval()
-    net = from_static(teacher, int(sn.num_stages), width_mults=list(sn.width_mults), depths=list(sn.depths),
-                      grow=None if grow is None else list(grow), fixed_static=frozen)
+    net, teacher = transformed_from_config(sn, 10, 3, 32)  # as enas4d-train builds them
     meta = {"name": "cifar10", "cfg": {}, "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": list("0123456789"),
             "image_size": 32}
     sgd = partial(torch.optim.SGD, lr=0.01, momentum=0.9)
     paths = {"static": SupernetModule(static, sgd, None, meta, n_random=1),
-             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=int(exp.module.n_random), teacher_net=teacher,
-                                      frozen=grown_static_masks(net) if frozen else None,
-                                      train_stages=net.num_stages - 1 if frozen else None)}
+             "s2dnas": SupernetModule(net, sgd, None, meta, n_random=int(exp.module.n_random),
+                                      teacher_net=teacher.eval(), **training_from_config(sn, net))}
     opts = {k: sgd(m.net.parameters()) for k, m in paths.items()}
     x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
     times: dict[str, list[float]] = {k: [] for k in paths}

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,8 @@ from enas4d.models.spec import NetSpec
 from enas4d.models.supernet import MultiStageSupernet
 from enas4d.nn.layers import MSBatchNorm2d, MSConv2d, offsets
 
-__all__ = ["TransformError", "channel_importance", "from_static", "grown_static_masks", "sort_channels"]
+__all__ = ["TransformError", "channel_importance", "from_static", "frozen_static_training", "grown_static_masks",
+           "sort_channels"]
 
 
 class TransformError(ValueError):
@@ -281,6 +282,13 @@ def from_static(static: MultiStageSupernet, num_stages: int = 3, *,
     net.load_state_dict(new_state)
     net.set_subnet(net.space.largest())
     return net  # in training mode, as a new module
+
+
+def frozen_static_training(net: MultiStageSupernet) -> dict[str, Any]:
+    """SupernetModule arguments that fine-tune a grown supernet with its static stage frozen: the
+    entries kept fixed (:func:`grown_static_masks`) and training run on the K - 1 stages before it
+    (the frozen stage reads no earlier slice, so it trains nothing and would cost most of the step)."""
+    return {"frozen": grown_static_masks(net), "train_stages": net.num_stages - 1}
 
 
 def grown_static_masks(net: MultiStageSupernet) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from enas4d.checkpoint import CheckpointError, load_supernet
 from enas4d.models import create_supernet, list_supernets
 from enas4d.transform.graph import graph_from_static
-from enas4d.transform.s2dnas import TransformError, from_static, grown_static_masks
+from enas4d.transform.s2dnas import TransformError, from_static, frozen_static_training
 
 __all__ = ["GRAPH_KINDS", "StaticTeacher", "build_source_model", "load_static", "static_names",
            "transformed_from_config"]
@@ -209,7 +209,7 @@ def freeze_static(cfg: Any) -> bool:
     return bool(freeze)
 
 
-def frozen_from_config(cfg: Any, net: nn.Module) -> dict[str, Tensor] | None:
-    """The parameter entries fine-tuning keeps fixed (``supernet.freeze_static``; null: the static
-    stage of a grown supernet, nothing for a split one)."""
-    return grown_static_masks(net) if freeze_static(cfg) else None
+def training_from_config(cfg: Any, net: nn.Module) -> dict[str, Any]:
+    """SupernetModule arguments of the fine-tuning (``supernet.freeze_static``; null: a grown
+    supernet's static stage frozen and not run, see :func:`frozen_static_training`; none for a split one)."""
+    return frozen_static_training(net) if freeze_static(cfg) else {}

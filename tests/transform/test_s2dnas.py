@@ -203,7 +203,7 @@ def test_grow_seeds_the_new_stages_with_the_leading_static_channels():
 def test_freeze_static_needs_a_grown_supernet():
     from omegaconf import OmegaConf
 
-    from enas4d.transform.sources import frozen_from_config
+    from enas4d.transform.sources import training_from_config
 
     static = _static("resnet20_static")
     split = from_static(static, num_stages=3)
@@ -212,10 +212,12 @@ def test_freeze_static_needs_a_grown_supernet():
         grown_static_masks(split)
     cfg = OmegaConf.create({"grow": None, "freeze_static": True})
     with pytest.raises(TransformError, match="supernet.freeze_static=true not allowed without supernet.grow"):
-        frozen_from_config(cfg, split)
-    assert frozen_from_config(OmegaConf.create({"grow": None, "freeze_static": None}), split) is None
+        training_from_config(cfg, split)
+    assert training_from_config(OmegaConf.create({"grow": None, "freeze_static": None}), split) == {}
     grown = from_static(static, num_stages=3, grow=(0.5, 0.25))
-    masks = frozen_from_config(OmegaConf.create({"grow": [0.5, 0.25], "freeze_static": None}), grown)
+    fine_tuning = training_from_config(OmegaConf.create({"grow": [0.5, 0.25], "freeze_static": None}), grown)
+    assert fine_tuning["train_stages"] == 2
+    masks = fine_tuning["frozen"]
     assert masks["stem.weight"][:12].sum() == 0 and bool(masks["stem.weight"][12:].all())  # 8 + 4 new, 16 static
     assert bool(masks["heads.2.classifier.weight"].all()) and "heads.1.classifier.weight" not in masks
 
